@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create .venv and install the toolkit with its test extra, once; later calls return at once unless
+# pyproject.toml changed. Sourced by scripts/test.sh and scripts/demo.sh.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${VIDTOK_VENV:-$root/.venv}"
+stamp="$venv/.vidtok-installed"
+want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "[setup] creating $venv"
+  python3 -m venv "$venv"
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] installing the toolkit and its dependencies into $venv (first run takes a few minutes)"
+  "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
+  "$venv/bin/python" -m pip install -q -e "$root[test]"
+  echo "$want" > "$stamp"
+fi
+export PATH="$venv/bin:$PATH"
+export VIRTUAL_ENV="$venv"

@@ -1,0 +1,165 @@
+"""The contract every video VAE in the toolkit honours (see DESIGN.md, "A video VAE").
+
+Subclasses set ``latent_channels``, ``compression`` = (t, h, w) and ``frame_rule`` and implement
+``encode(video) -> DiagonalGaussian`` and ``decode(z) -> video``. Everything else (frame-count rules, saving,
+loading, fingerprints, the latent scale/shift used by diffusion) lives here once.
+
+Frame rules:
+- ``"causal"``: clips of ``1 + t_c * k`` frames, latent frames ``1 + k`` (17 -> 5 at 4x);
+- ``"in_sequence"``: clips of ``t_c * k`` frames, latent frames ``k`` (16 -> 4 at 4x).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import yaml
+from torch import nn
+
+from .config import from_dict, to_dict
+from .distributions import DiagonalGaussian
+from .io import load_weights, save_weights, state_dict_fingerprint, write_text
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class FrameCountError(ValueError):
+    """A clip whose number of frames the VAE cannot take."""
+
+
+class VideoVAE(nn.Module):
+    """Base class: b c t h w video in [-1, 1] <-> latent b c' t' h' w'."""
+
+    config_class: ClassVar[type]
+    frame_rule: str = "causal"  # or "in_sequence"
+
+    def __init__(self, config: Any, name: str | None = None):
+        super().__init__()
+        self.config = config
+        self.name = name or type(self).__name__.lower()
+
+    # --- subclasses provide ---------------------------------------------------------------------------------
+    latent_channels: int
+    compression: tuple[int, int, int]
+
+    def encode(self, video: torch.Tensor) -> DiagonalGaussian:
+        raise NotImplementedError  # abstract: every registered VAE overrides it
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # abstract: every registered VAE overrides it
+
+    # --- latent normalisation for diffusion ------------------------------------------------------------------
+    @property
+    def scaling_factor(self) -> float:
+        return float(getattr(self.config, "scaling_factor", 1.0))
+
+    @property
+    def shift_factor(self) -> float:
+        return float(getattr(self.config, "shift_factor", 0.0))
+
+    # --- frame-count rules -----------------------------------------------------------------------------------
+    def num_latent_frames(self, num_frames: int) -> int:
+        self.check_frames(num_frames)
+        t = self.compression[0]
+        return 1 + (num_frames - 1) // t if self.frame_rule == "causal" else num_frames // t
+
+    def num_frames(self, num_latent_frames: int) -> int:
+        t = self.compression[0]
+        return 1 + t * (num_latent_frames - 1) if self.frame_rule == "causal" else t * num_latent_frames
+
+    def valid_num_frames(self, num_frames: int) -> bool:
+        t = self.compression[0]
+        if self.frame_rule == "causal":
+            return num_frames >= 1 and (num_frames - 1) % t == 0
+        return num_frames >= t and num_frames % t == 0
+
+    def check_frames(self, num_frames: int) -> None:
+        if not self.valid_num_frames(num_frames):
+            t = self.compression[0]
+            rule = f"1 + {t}k (1, {1 + t}, {1 + 2 * t}, {1 + 4 * t}, ...)" if self.frame_rule == "causal" \
+                else f"{t}k ({t}, {2 * t}, {4 * t}, ...)"
+            raise FrameCountError(f"{self.name} takes clips of {rule} frames, got {num_frames}")
+
+    def check_video(self, video: torch.Tensor) -> None:
+        if video.ndim != 5:
+            raise ValueError(f"{self.name}: expected a video of shape (b, c, t, h, w), got {tuple(video.shape)}")
+        self.check_frames(video.shape[2])
+        s = self.compression[1]
+        if video.shape[-1] % s or video.shape[-2] % s:
+            raise ValueError(f"{self.name}: height and width must be multiples of {s}, got {tuple(video.shape[-2:])}")
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(c, t, h, w) of the latent of one clip."""
+        return (self.latent_channels, self.num_latent_frames(num_frames), height // self.compression[1],
+                width // self.compression[2])
+
+    # --- convenience -----------------------------------------------------------------------------------------
+    def forward(self, video: torch.Tensor, sample: bool = True,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, DiagonalGaussian]:
+        posterior = self.encode(video)
+        z = posterior.sample(generator) if sample else posterior.mode()
+        return self.decode(z), posterior
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the weights (see :func:`tokenizer.io.state_dict_fingerprint`)."""
+        return state_dict_fingerprint(self.state_dict())
+
+    def describe(self) -> dict:
+        return {"name": self.name, "config": to_dict(self.config), "latent_channels": self.latent_channels,
+                "compression": list(self.compression), "frame_rule": self.frame_rule,
+                "parameters": sum(p.numel() for p in self.parameters()), "fingerprint": self.fingerprint()}
+
+    # --- persistence -----------------------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``config.yaml`` (registry name + config) and ``model.safetensors`` (weights + config metadata)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {"name": self.name, "config": to_dict(self.config)}
+        save_weights(self.state_dict(), folder / WEIGHTS_FILE, config=record)
+        write_text(folder / CONFIG_FILE, yaml.safe_dump(record, sort_keys=False))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> "VideoVAE":
+        return cls.load(folder, device=device)
+
+    @staticmethod
+    def load(path: str | Path, device: str = "cpu") -> "VideoVAE":
+        """Rebuild a VAE from a ``save_pretrained`` folder, a weights file, or a training run (its EMA weights)."""
+        from .registry import get_preset
+
+        path = Path(path)
+        weights = _resolve_weights(path)
+        state, record = load_weights(weights, device=device)
+        cfg_file = weights.parent / CONFIG_FILE
+        if record is None and cfg_file.is_file():
+            record = yaml.safe_load(cfg_file.read_text())
+        if not record or "name" not in record:
+            raise ValueError(f"{weights} carries no VAE config (expected 'name' and 'config' in its metadata)")
+        cls, _ = get_preset(record["name"])
+        config = from_dict(cls.config_class, record.get("config", {}), source=str(weights))
+        model = cls(config, name=record["name"])
+        model.load_state_dict(state, strict=True)
+        return model.to(device).eval()
+
+
+def _resolve_weights(path: Path) -> Path:
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"no VAE at {path}")
+    candidates = [path / WEIGHTS_FILE, path / "latest" / "ema.safetensors", path / "ema.safetensors"]
+    latest = path / "latest"
+    if latest.is_file():  # a training run: 'latest' holds the name of the newest checkpoint folder
+        candidates.insert(0, path / latest.read_text().strip() / "ema.safetensors")
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(f"no VAE weights in {path} (looked for {', '.join(str(c) for c in candidates)})")
+
+
+def replace_config(config: Any, **changes) -> Any:
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,102 @@
+"""Typed YAML configuration: dataclass schemas + omegaconf, with errors that name the key, the file and the valid keys.
+
+Every entry point takes ``--config FILE`` plus ``key=value`` overrides::
+
+    cfg = load_config(TrainConfig, "configs/tokenizer/deco.yaml", ["optim.lr=1e-4", "data.root=/data/ucf101"])
+
+The schema is a (possibly nested) dataclass; the YAML may set any subset of its fields. An unknown key or a value of
+the wrong type raises :class:`ConfigError` with the dotted key, the file it came from and the keys that are valid
+at that level.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix: wrong key, wrong type, missing file."""
+
+
+def _valid_keys(schema: Any, dotted: str) -> list[str]:
+    """Field names valid at the level of ``dotted`` (e.g. 'optim.lrr' -> fields of the optim schema)."""
+    node = OmegaConf.structured(schema)
+    for part in dotted.split(".")[:-1]:
+        try:
+            node = node[part]
+        except Exception:
+            break
+    if isinstance(node, DictConfig):
+        return sorted(str(k) for k in node.keys())
+    return []
+
+
+def _merge(base: DictConfig, other: Any, source: str, schema: Any) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except (ConfigKeyError, ValidationError, OmegaConfBaseException) as err:
+        key = getattr(err, "full_key", None) or "?"
+        valid = _valid_keys(schema, key)
+        kind = "unknown key" if isinstance(err, ConfigKeyError) or "not in struct" in str(err) else "invalid value"
+        msg = f"{kind} '{key}' in {source}"
+        if kind == "invalid value":
+            msg += f": {err.msg if hasattr(err, 'msg') else err}"
+        if valid:
+            msg += f"\n  valid keys here: {', '.join(valid)}"
+        raise ConfigError(msg) from None
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Build ``schema`` from its defaults, then ``path`` (YAML), then ``key=value`` overrides; return a dataclass."""
+    cfg = OmegaConf.structured(schema)
+    OmegaConf.set_struct(cfg, True)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as err:  # YAML syntax errors
+            raise ConfigError(f"cannot parse {path}: {err}") from None
+        cfg = _merge(cfg, loaded, str(path), schema)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"command-line override '{item}'", schema)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"required keys not set ({path or 'no config file'}): {', '.join(missing)}")
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def from_dict(schema: type[T], values: dict, source: str = "<dict>") -> T:
+    """Validate a plain dict (e.g. a config stored beside a checkpoint) against ``schema``."""
+    cfg = OmegaConf.structured(schema)
+    OmegaConf.set_struct(cfg, True)
+    cfg = _merge(cfg, OmegaConf.create(values), source, schema)
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def to_dict(cfg: Any) -> dict:
+    """A dataclass config as a plain, YAML/JSON-serialisable dict."""
+    if dataclasses.is_dataclass(cfg):
+        return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
+
+
+def print_config(cfg: Any, title: str = "resolved config", file=sys.stdout) -> None:
+    """Print the resolved config at the start of a job (rank 0 only is the caller's business)."""
+    print(f"--- {title} ---\n{to_yaml(cfg)}---", file=file, flush=True)
