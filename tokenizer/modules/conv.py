@@ -1,0 +1,181 @@
+"""Temporal 3D convolutions of the toolkit's video VAEs: causal, group causal, and the per-frame spatial conv.
+
+All of them are ``nn.Conv3d`` subclasses (so the state dict holds a plain ``weight``/``bias``, named as in the 2D
+image VAE they may be inflated from) with zero spatial padding inside the conv and the temporal padding done by
+hand, because the padding is what defines them:
+
+- :class:`CausalConv3d` (WF-VAE, CogVideoX, Open-Sora-Plan; VC-VAE eq. 1): the first frame is replicated
+  ``k_t - 1`` times in front, nothing behind, so output ``t`` sees frames ``t - k_t + 1 .. t`` only.
+- :class:`GroupCausalConv3d` (IV-VAE; VC-VAE eq. 2): frames are cut into groups; each group is padded in front
+  with the last frame(s) of the previous group and behind with zeros, so inside a group the conv is
+  bidirectional and no group ever sees a later group.
+
+Both take ``tdc=True`` to apply the kernel in the anchor + difference form (:mod:`tokenizer.modules.tdc`) and a
+``cache`` (:class:`~tokenizer.modules.cache.FrameCache`) for chunked inference.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .cache import FrameCache
+from .tdc import tdc_kernel
+
+
+def _triple(k: int | tuple[int, int, int]) -> tuple[int, int, int]:
+    return (k, k, k) if isinstance(k, int) else tuple(k)
+
+
+class _TemporalConv3d(nn.Conv3d):
+    """Shared parts: ``k_t x k_h x k_w`` kernel, 'same' spatial zero padding, no temporal padding, optional TDC."""
+
+    anchor: int  # index of the TDC anchor tap, also the tap that receives a 2D kernel at inflation
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int, int] = 3,
+                 stride_t: int = 1, tdc: bool = False):
+        k_t, k_h, k_w = _triple(kernel_size)
+        super().__init__(in_channels, out_channels, (k_t, k_h, k_w), stride=(stride_t, 1, 1),
+                         padding=(0, k_h // 2, k_w // 2))  # default nn.Conv3d init (kaiming-uniform, a=sqrt 5)
+        self.tdc = tdc
+
+    @property
+    def k_t(self) -> int:
+        return self.kernel_size[0]
+
+    def effective_weight(self) -> torch.Tensor:
+        """The plain kernel this module applies: ``W`` itself, or its TDC transform (VC-VAE eqs. 5-7)."""
+        return tdc_kernel(self.weight, self.anchor) if self.tdc else self.weight
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", tdc={self.tdc}, anchor={self.anchor}"
+
+
+class CausalConv3d(_TemporalConv3d):
+    """Causal 3D conv: ``front`` replicated copies of the first frame in front (default ``k_t - 1``), none behind.
+
+    ``front=0`` gives an unpadded temporal conv (the in-sequence temporal downsampler). With ``stride_t > 1`` the
+    cache keeps the unfinished window, so chunk boundaries need not fall on stride windows. The TDC anchor is the
+    current (last) tap, VC-VAE eq. 7.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int, int] = 3,
+                 stride_t: int = 1, tdc: bool = False, front: int | None = None):
+        super().__init__(in_channels, out_channels, kernel_size, stride_t, tdc)
+        self.front = self.k_t - 1 if front is None else front
+        self.anchor = self.k_t - 1
+
+    def forward(self, x: torch.Tensor, cache: FrameCache | None = None) -> torch.Tensor:
+        """x: (b c_in t h w) -> (b c_out t' h w), t' = (front + t - k_t) // stride_t + 1 over the whole clip."""
+        history = None if cache is None else cache.get(self)
+        if history is None:  # whole clip, or first chunk: replicate the first frame
+            history = x[:, :, :1].expand(-1, -1, self.front, -1, -1)
+        x = torch.cat([history, x], dim=2)  # b c (front|cached + t) h w
+        length, stride = x.shape[2], self.stride[0]
+        if length < self.k_t:
+            raise ValueError(f"{type(self).__name__}: {length} frames (with padding) < temporal kernel {self.k_t}; "
+                             "use longer chunks")
+        n_out = (length - self.k_t) // stride + 1
+        if cache is not None:  # frames the next chunk's first window still needs
+            cache.put(self, x[:, :, n_out * stride:])
+        return self._conv_forward(x, self.effective_weight(), self.bias)
+
+
+class GroupCausalConv3d(_TemporalConv3d):
+    """Group causal 3D conv (IV-VAE): groups of ``group_size`` frames, bidirectional inside, causal across groups.
+
+    Group ``g`` is padded in front with the last ``p = k_t // 2`` frames before it (the last frame of the previous
+    group for ``k_t = 3``) and behind with ``p`` zero frames (VC-VAE eq. 2). The first group of a clip has no
+    predecessor; it is padded with copies of its own first frame, as a causal conv is, so a static clip stays
+    static under the difference taps of TDC. ``lone_first=True`` (separate first-frame processing) makes the first
+    frame a group of its own at every level. The TDC anchor is the centre tap, VC-VAE eq. 5.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, group_size: int, kernel_size: int | tuple = 3,
+                 tdc: bool = False, lone_first: bool = False):
+        super().__init__(in_channels, out_channels, kernel_size, 1, tdc)
+        if self.k_t % 2 != 1:
+            raise ValueError(f"group causal conv needs an odd temporal kernel, got {self.k_t}")
+        if group_size < 1:
+            raise ValueError(f"group size must be >= 1, got {group_size}")
+        self.group_size = group_size
+        self.lone_first = lone_first
+        self.pad = self.k_t // 2
+        self.anchor = self.k_t // 2
+
+    def forward(self, x: torch.Tensor, cache: FrameCache | None = None) -> torch.Tensor:
+        """x: (b c_in t h w) -> (b c_out t h w); t must be a whole number of groups (plus the lone first frame)."""
+        history = None if cache is None else cache.get(self)
+        weight = self.effective_weight()
+        outputs = []
+        if history is None:  # start of the clip
+            history = x[:, :, :1].expand(-1, -1, self.pad, -1, -1)
+            if self.lone_first:  # frame 0 is a group of one
+                outputs.append(self._groups(x[:, :, :1], history, 1, weight))
+                history, x = x[:, :, :1].expand(-1, -1, self.pad, -1, -1), x[:, :, 1:]
+        if x.shape[2] % self.group_size:
+            raise ValueError(f"group causal conv: {x.shape[2]} frames is not a whole number of groups of "
+                             f"{self.group_size}" + (" after the lone first frame" if self.lone_first else ""))
+        if x.shape[2]:
+            outputs.append(self._groups(x, history, self.group_size, weight))
+        if cache is not None:
+            cache.put(self, torch.cat([history, x], dim=2)[:, :, -self.pad:])
+        return torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
+
+    def _groups(self, x: torch.Tensor, history: torch.Tensor, g: int, weight: torch.Tensor) -> torch.Tensor:
+        """Convolve the groups of ``x`` (b c n*g h w); ``history`` (b c p h w) holds the p frames before ``x``."""
+        b, _, t, h, w = x.shape
+        n, p = t // g, self.pad
+        seq = torch.cat([history, x], dim=2)  # b c (p + t) h w
+        if g == 1 and p == 1:
+            # Groups of one frame: window (x_{t-1}, x_t, 0); the zero tap contributes nothing, so this is a causal
+            # conv with the first two taps -- the same sum without building three copies of the input.
+            return self._conv_forward(seq, weight[:, :, :2], self.bias)
+        # front pad of group i = the p frames just before it = seq[p + i g - p : p + i g]
+        idx = (torch.arange(n, device=x.device) * g)[:, None] + torch.arange(p, device=x.device)[None]  # n p
+        front = seq[:, :, idx]  # b c n p h w
+        body = rearrange(x, "b c (n g) h w -> b c n g h w", g=g)
+        back = x.new_zeros(b, x.shape[1], n, p, h, w)
+        groups = torch.cat([front, body, back], dim=3)  # b c n (p + g + p) h w
+        groups = rearrange(groups, "b c n g h w -> (b n) c g h w")
+        y = self._conv_forward(groups, weight, self.bias)  # (b n) c_out g h w
+        return rearrange(y, "(b n) c g h w -> b c (n g) h w", b=b)
+
+
+class FrameConv3d(nn.Conv3d):
+    """A 2D conv applied to every frame (kernel ``1 x k x k``): the spatial samplers and 1x1 shortcuts."""
+
+    anchor = 0
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 padding: int | None = None):
+        padding = kernel_size // 2 if padding is None else padding
+        super().__init__(in_channels, out_channels, (1, kernel_size, kernel_size), stride=(1, stride, stride),
+                         padding=(0, padding, padding))
+
+    def forward(self, x: torch.Tensor, cache: FrameCache | None = None) -> torch.Tensor:
+        """x: (b c_in t h w) -> (b c_out t h' w'); frames never mix, so there is nothing to cache."""
+        return super().forward(x)
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """Which temporal conv a block builds: ``kind`` 'causal' | 'group_causal', TDC on/off, the group layout."""
+
+    kind: str = "causal"
+    tdc: bool = False
+    group_size: int = 1
+    lone_first: bool = False
+
+    def __post_init__(self):
+        if self.kind not in ("causal", "group_causal"):
+            raise ValueError(f"conv type must be 'causal' or 'group_causal', got '{self.kind}'")
+
+    def make(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> _TemporalConv3d:
+        if self.kind == "causal":
+            return CausalConv3d(in_channels, out_channels, kernel_size, tdc=self.tdc)
+        return GroupCausalConv3d(in_channels, out_channels, self.group_size, kernel_size, tdc=self.tdc,
+                                 lone_first=self.lone_first)
+
