@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be >= 0 and --batch-size >= 1")
     try:
         cfg = load_data_config(args.config, args.overrides)
-        print_config(cfg, title=f"data config ({args.config})")
+        print_config(cfg, title=f"data config ({args.config})", file=sys.stdout)
         ds = build_dataset(cfg)
     except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -86,13 +86,13 @@ def list_ucf101(cfg: DataConfig) -> Listing:
         if cfg.split != "all":
             raise layout_error(cfg, root, f"split={cfg.split} needs the official ucfTrainTestlist/ folder (not "
                                           f"found in {root} or {root.parent}; set annotation_dir)")
-        classes = sorted({Path(rel).parts[0] for rel in on_disk if len(Path(rel).parts) == 2}, key=str.lower)
+        in_class = [p for p in on_disk.values() if len(p.relative_to(root).parts) == 2]  # <Class>/<video>
+        classes = sorted({p.parent.name for p in in_class}, key=str.lower)
         if not classes:
             raise layout_error(cfg, root, "no <Class>/<video> files found")
-        index = {c.lower(): i for i, c in enumerate(classes)}
-        entries = [VideoEntry(str(p), index[Path(rel).parts[0]]) for rel, p in on_disk.items()
-                   if len(Path(rel).parts) == 2]
-        return Listing(sorted(entries, key=lambda e: _natural_key(e.path)), classes, str(root), _layout_text(cfg))
+        index = {c: i for i, c in enumerate(classes)}
+        entries = [VideoEntry(str(p), index[p.parent.name]) for p in in_class]
+        return Listing(entries, classes, str(root), _layout_text(cfg))
 
     classes = []
     for line in _read_lines(ann / "classInd.txt"):  # "1 ApplyEyeMakeup"
