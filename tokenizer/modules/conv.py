@@ -18,11 +18,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from .cache import FrameCache
 from .tdc import tdc_kernel
+
+
+# Below this input width a temporal conv runs as k_t per-tap 2D convs over frames folded into the batch: PyTorch's
+# CPU conv3d falls back to its slow im2col kernel for small batches, which is several times slower there.
+TAPS_MAX_IN_CHANNELS = 16
+
+
+def temporal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride_t: int = 1,
+                  padding_hw: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """``F.conv3d`` with no temporal padding: x (b c_in t h w), weight (c_out c_in k_t k_h k_w) -> (b c_out t' h' w').
+
+    Narrow convs on CPU are computed as ``y_t = sum_i conv2d(x_{t s + i}, W_i)``; the result is the same sum.
+    """
+    if x.device.type != "cpu" or weight.shape[1] > TAPS_MAX_IN_CHANNELS:
+        return F.conv3d(x, weight, bias, stride=(stride_t, 1, 1), padding=(0, *padding_hw))
+    b, c, t, h, w = x.shape
+    k_t = weight.shape[2]
+    t_out = (t - k_t) // stride_t + 1
+    frames = rearrange(x, "b c t h w -> b t c h w")
+    y = None
+    for i in range(k_t):  # tap i sees frames i, i + s, ..., i + s (t_out - 1)
+        tap = frames[:, i: i + stride_t * (t_out - 1) + 1: stride_t].reshape(b * t_out, c, h, w)
+        y_i = F.conv2d(tap, weight[:, :, i], bias if i == 0 else None, padding=padding_hw)
+        y = y_i if y is None else y.add_(y_i)
+    return rearrange(y, "(b t) c h w -> b c t h w", b=b)
 
 
 def _triple(k: int | tuple[int, int, int]) -> tuple[int, int, int]:
@@ -44,6 +70,9 @@ class _TemporalConv3d(nn.Conv3d):
     @property
     def k_t(self) -> int:
         return self.kernel_size[0]
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return temporal_conv(x, weight, bias, self.stride[0], self.padding[1:])
 
     def effective_weight(self) -> torch.Tensor:
         """The plain kernel this module applies: ``W`` itself, or its TDC transform (VC-VAE eqs. 5-7)."""
