@@ -1,0 +1,151 @@
+"""The schema of ``configs/tokenizer/*.yaml``: one video-VAE training run (a model, a stage, its data and losses).
+
+Stages:
+- ``vae``: reconstruction training of any registered VAE (plain, VC-VAE stage I / II, DeCo-VAE phases 1 / 2):
+  L1 + LPIPS + KL (+ the 3D PatchGAN from ``loss.gan_start``). Parameter groups can be frozen per phase
+  (``phases``), switching at a configured step inside one run; a later phase can also be its own run started
+  from a previous run's weights (``model.init_from_run``).
+- ``motion``: DeCo-VAE's motion-module pre-training (self-supervised warp + smoothness loss from
+  ``tokenizer.motion``); only the ``motion`` parameter group is trained.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from ..config import ConfigError
+from ..data import DataConfig
+from ..discriminator import DiscriminatorConfig
+from ..losses import LossConfig
+
+STAGES = ("vae", "motion")
+PRECISIONS = ("no", "bf16", "fp16")
+TRACKERS = ("tensorboard", "none")
+SAMPLE_FORMATS = ("gif", "mp4")
+INIT_WEIGHTS = ("model", "ema")
+
+
+@dataclass
+class ModelSection:
+    name: str = MISSING  # registry name: plain, vcvae, vcvae-8x, deco, ... and the *-tiny presets
+    config: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's config fields
+    init_from: Optional[str] = None  # image VAE to inflate at the start of a fresh run (VC-VAE: Flux VAE)
+    init_from_run: Optional[str] = None  # start a fresh run from these weights (a run folder or a weights file)
+    init_weights: str = "model"  # for init_from_run of a run folder: the raw 'model' weights or the 'ema'
+    last_layer: Optional[str] = None  # parameter for the adaptive GAN weight; default: the decoder's conv_out weight
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class PhaseSection:
+    """From step ``start`` on (1-based, inclusive), the parameter groups in ``freeze`` are not trained."""
+
+    start: int = 1
+    name: str = ""
+    freeze: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BucketSection:
+    """One clip shape of a mixed-shape stream (VC-VAE stage II); unset fields keep the ``data`` values."""
+
+    resolution: Optional[int] = None
+    num_frames: Optional[int] = None
+    frame_interval: Optional[int] = None
+    batch_size: Optional[int] = None  # per process; default train.batch_size
+    weight: float = 1.0  # relative probability of the bucket at each step
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear warm-up, then constant
+    max_grad_norm: Optional[float] = None  # clip the generator's gradient norm (None: no clipping)
+    disc_lr: Optional[float] = None  # default: lr
+
+
+@dataclass
+class TrainSection:
+    run_dir: str = MISSING  # the run folder; re-running the same command resumes from its 'latest'
+    stage: str = "vae"  # vae | motion
+    max_steps: int = 1000
+    batch_size: int = 1  # per process
+    seed: int = 0
+    num_workers: int = 0  # DataLoader workers per process
+    cache_items: bool = False  # keep decoded clips in memory (needs a deterministic data config; small sets)
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    cpu: bool = False  # force the CPU even where a GPU exists
+    ema_decay: float = 0.999
+    checkpoint_every: int = 1000
+    keep_last: int = 3  # complete checkpoints kept
+    sample_every: int = 1000
+    num_samples: int = 2  # clips in each reconstruction sample
+    sample_format: str = "gif"  # gif | mp4
+    sample_fps: float = 8.0
+    log_every: int = 10
+    max_nonfinite: int = 5  # stop after this many consecutive steps with a NaN / Inf loss or gradient
+    tracker: str = "tensorboard"  # tensorboard | none
+    progress_bar: bool = True
+
+
+@dataclass
+class VAETrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    buckets: list[BucketSection] = field(default_factory=list)
+    loss: LossConfig = field(default_factory=LossConfig)
+    disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    optim: OptimSection = field(default_factory=OptimSection)
+    phases: list[PhaseSection] = field(default_factory=list)
+    train: TrainSection = field(default_factory=TrainSection)
+
+
+def validate(cfg: VAETrainConfig) -> None:
+    """Checks that need several fields; raises ConfigError with the offending key."""
+    t = cfg.train
+    for key, value, valid in (("train.stage", t.stage, STAGES), ("train.mixed_precision", t.mixed_precision,
+                                                                    PRECISIONS),
+                              ("train.tracker", t.tracker, TRACKERS), ("train.sample_format", t.sample_format,
+                                                                      SAMPLE_FORMATS),
+                              ("model.init_weights", cfg.model.init_weights, INIT_WEIGHTS)):
+        if value not in valid:
+            raise ConfigError(f"invalid value '{key}={value}': valid values are {', '.join(valid)}")
+    for key in ("max_steps", "batch_size", "checkpoint_every", "sample_every", "log_every", "max_nonfinite",
+                "keep_last"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"invalid value 'train.{key}={getattr(t, key)}': must be >= 1")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"invalid value 'train.ema_decay={t.ema_decay}': must be in [0, 1)")
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"invalid value 'optim.betas={cfg.optim.betas}': two numbers (beta1, beta2)")
+    starts = [p.start for p in cfg.phases]
+    if starts != sorted(set(starts)) or any(s < 1 for s in starts):
+        raise ConfigError(f"invalid value 'phases': starts must be >= 1 and strictly increasing, got {starts}")
+    if cfg.phases and cfg.phases[0].start != 1:
+        raise ConfigError("invalid value 'phases': the first phase must start at step 1")
+    if cfg.model.init_from and cfg.model.init_from_run:
+        raise ConfigError("model.init_from and model.init_from_run are exclusive: start from one or the other")
+    if t.cache_items and (cfg.data.offset == "random" or cfg.data.crop == "random" or cfg.data.hflip):
+        raise ConfigError("train.cache_items=true needs deterministic clips (data.offset start|center, data.crop "
+                          "center, data.hflip false): cached items would freeze the random draws")
+    if t.stage == "motion" and cfg.loss.gan_weight > 0:
+        raise ConfigError("train.stage=motion trains the motion module alone: set loss.gan_weight=0")
+    for i, b in enumerate(cfg.buckets):
+        if b.weight < 0:
+            raise ConfigError(f"invalid value 'buckets.{i}.weight={b.weight}': must be >= 0")
+    if cfg.buckets and sum(b.weight for b in cfg.buckets) <= 0:
+        raise ConfigError("invalid value 'buckets': the weights must have a positive sum")
+
+
+def active_phase(cfg: VAETrainConfig, step: int) -> int | None:
+    """Index of the phase step ``step`` (1-based) belongs to, or None without phases."""
+    idx = None
+    for i, p in enumerate(cfg.phases):
+        if p.start <= step:
+            idx = i
+    return idx

@@ -1,0 +1,532 @@
+"""Video-VAE training under accelerate: one loop for every model and stage (see ``vae_config`` for the stages).
+
+One optimisation step (1-based ``step``):
+
+1. the data stream hands this process its batch (one bucket for all processes in mixed-shape training);
+2. the phase of ``step`` decides which parameter groups are frozen (DeCo-VAE decoupled adaptation);
+3. generator pass: reconstruction, eq. 9 loss (L1, LPIPS, KL, and from ``loss.gan_start`` the adaptive-weighted
+   adversarial term through the discriminator, whose parameters do not take gradients here);
+4. discriminator pass (GAN active): hinge loss on the input and the detached reconstruction;
+5. all processes agree whether every loss and gradient norm is finite; if not, the step is skipped (no weight,
+   optimiser, scheduler or EMA changes; the data moves on), and after ``train.max_nonfinite`` in a row the run
+   stops, its last checkpoint untouched;
+6. optimiser steps, schedulers, EMA; log, reconstruction samples and checkpoints at their intervals.
+
+The run resumes from the run folder's ``latest`` checkpoint whenever it exists, and then takes exactly the steps
+an uninterrupted run would have taken (bit-exact on CPU).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..base import VideoVAE
+from ..config import ConfigError, from_dict, to_dict
+from ..data import build_dataset
+from ..discriminator import PatchDiscriminator3D
+from ..io import load_weights
+from ..losses import VAELoss
+from ..registry import build_vae
+from .data import BucketedStream, ClipStream
+from .ema import EMA
+from .guard import NonFiniteGuard
+from .monitor import RunMonitor
+from .rundir import EMA as EMA_FILE
+from .rundir import RunDir
+from .samples import motion_panels, write_panels
+from .state import capture_rng, derive_seed, restore_rng, seed_everything
+from .vae_config import VAETrainConfig, active_phase, validate
+
+STATE_FORMAT = 1
+
+
+# --- model helpers ---------------------------------------------------------------------------------------------
+def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Named groups of parameters that phases freeze: the model's own ``parameter_groups()`` (DeCo-VAE: motion,
+    enc_k, enc_m, enc_r, decoder) or else its top-level children (encoder, decoder, ...)."""
+    fn = getattr(model, "parameter_groups", None)
+    groups = fn() if callable(fn) else dict(model.named_children())
+    out = {}
+    for name, g in groups.items():
+        out[name] = list(g.parameters()) if isinstance(g, nn.Module) else list(g)
+    return out
+
+
+def find_last_layer(model: nn.Module, name: str | None = None) -> nn.Parameter:
+    """The decoder's last weight (where the adaptive GAN weight compares gradients)."""
+    params = dict(model.named_parameters())
+    if name is not None:
+        if name not in params:
+            raise ConfigError(f"model.last_layer='{name}' is not a parameter of {type(model).__name__}")
+        return params[name]
+    fn = getattr(model, "last_layer", None)
+    if callable(fn):
+        return fn()
+    candidates = [n for n in params if "decoder" in n and "conv_out" in n and n.endswith("weight")]
+    if not candidates:
+        raise ConfigError(f"cannot find the decoder's last layer of {type(model).__name__}: set model.last_layer "
+                          "to a parameter name")
+    return params[candidates[-1]]
+
+
+def load_init_weights(path: str | Path, which: str = "model") -> dict[str, torch.Tensor]:
+    """Weights to start a run from: a run folder (its latest checkpoint's raw model or EMA weights), a
+    ``save_pretrained`` folder, or a weights file (safetensors / torch)."""
+    from ..io import load_state_dict_file
+
+    path = Path(path)
+    if path.is_dir():
+        run = RunDir(path, keep_last=None, is_main=False)  # read-only view of another run
+        ckpt = run.latest()
+        if ckpt is not None:
+            if which == "ema":
+                return load_weights(ckpt / EMA_FILE)[0]
+            return run.load_checkpoint(ckpt)[0]["model"]
+        for f in ("model.safetensors", EMA_FILE):
+            if (path / f).is_file():
+                return load_weights(path / f)[0]
+        raise FileNotFoundError(f"model.init_from_run={path}: no checkpoint (latest), model.safetensors or "
+                                f"{EMA_FILE} in it")
+    if not path.is_file():
+        raise FileNotFoundError(f"model.init_from_run={path}: no such file or folder")
+    return load_state_dict_file(path)
+
+
+class _CachedItems(Dataset):
+    """Decoded clips kept in memory by index (only for data configs without random draws)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.cache: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        if i not in self.cache:
+            self.cache[i] = self.dataset[i]
+        return self.cache[i]
+
+
+def bucket_data_configs(cfg: VAETrainConfig) -> list[tuple[Any, int]]:
+    """(DataConfig, per-process batch size) of each bucket (one bucket: the data config itself)."""
+    if not cfg.buckets:
+        return [(cfg.data, cfg.train.batch_size)]
+    out = []
+    for b in cfg.buckets:
+        changes = {k: getattr(b, k) for k in ("resolution", "num_frames", "frame_interval") if getattr(b, k)}
+        out.append((dataclasses.replace(cfg.data, **changes), b.batch_size or cfg.train.batch_size))
+    return out
+
+
+def video_of(batch: Any) -> torch.Tensor:
+    return batch["video"] if isinstance(batch, dict) else batch
+
+
+# --- the trainer -----------------------------------------------------------------------------------------------
+class VAETrainer:
+    """Builds everything a run needs from a :class:`VAETrainConfig`, resumes if it can, and trains.
+
+    Args:
+        cfg: the resolved config.
+        datasets: optional datasets (one per bucket) instead of ``build_dataset(cfg.data)``.
+        accelerator: an existing ``accelerate.Accelerator`` (default: one built from ``cfg.train``).
+    """
+
+    def __init__(self, cfg: VAETrainConfig, datasets: Sequence[Dataset] | None = None, accelerator: Any = None):
+        validate(cfg)
+        self.cfg = cfg
+        t = cfg.train
+        self.run = None
+        self.accelerator = accelerator or self._make_accelerator()
+        acc = self.accelerator
+        self.run = RunDir.for_accelerator(t.run_dir, acc, keep_last=t.keep_last)
+        self.device = acc.device
+
+        # models (identical on every process: same seed; DDP also broadcasts rank 0's weights)
+        seed_everything(t.seed)
+        self.model: VideoVAE = build_vae(cfg.model.name, **cfg.model.config)
+        if cfg.model.gradient_checkpointing:
+            self.model.enable_gradient_checkpointing(True)
+        self.groups = parameter_groups(self.model)
+        self._check_phase_groups()
+        self.disc = PatchDiscriminator3D(cfg.disc) if cfg.loss.gan_weight > 0 else None
+        self.loss = VAELoss(cfg.loss, seed=t.seed).to(self.device) if t.stage == "vae" else None
+        self.motion_loss = self._motion_objective() if t.stage == "motion" else None
+
+        # data
+        pairs = bucket_data_configs(cfg)
+        for dcfg, _ in pairs:
+            self.model.check_frames(dcfg.num_frames)
+            s = self.model.compression[1]
+            if dcfg.resolution % s:
+                raise ConfigError(f"data.resolution={dcfg.resolution} is not a multiple of {self.model.name}'s "
+                                  f"spatial compression {s}")
+        if datasets is None:
+            datasets = [build_dataset(dcfg) for dcfg, _ in pairs]
+        if len(datasets) != len(pairs):
+            raise ValueError(f"{len(datasets)} datasets given for {len(pairs)} buckets")
+        if t.cache_items:
+            datasets = [_CachedItems(d) for d in datasets]
+        self.datasets = list(datasets)
+        streams = [ClipStream(d, bs, seed=derive_seed(t.seed, i), rank=acc.process_index,
+                              world_size=acc.num_processes, num_workers=t.num_workers)
+                   for i, (d, (_, bs)) in enumerate(zip(self.datasets, pairs))]
+        self.stream = BucketedStream(streams, seed=t.seed, weights=[b.weight for b in cfg.buckets] or None)
+
+        # optimisers (plain constant LR after a linear warm-up; schedulers step once per taken step)
+        o = cfg.optim
+        adam = dict(betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=o.lr, **adam)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, self._lr_factor)
+        self.opt_d = self.sched_d = None
+        if self.disc is not None:
+            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=o.disc_lr or o.lr, **adam)
+            self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, self._lr_factor)
+
+        self.step = 0
+        self._frozen: set[str] | None = None
+        self._last_layer: nn.Parameter | None = None
+        self.history: list[dict[str, float]] = []  # per taken step, this process's losses (tests, analysis)
+        self.guard = NonFiniteGuard(t.max_nonfinite, any_rank=self._any_rank, log=self._warn)
+        self.monitor: RunMonitor | None = None
+        self._last_good: str | None = None
+
+    # --- construction helpers ------------------------------------------------------------------------------
+    def _make_accelerator(self):
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+
+        t = self.cfg.train
+        # frozen groups have no gradient: DDP must be told that some parameters may go unused
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=bool(self.cfg.phases) or t.stage == "motion")
+        return Accelerator(cpu=t.cpu, mixed_precision=t.mixed_precision,
+                           log_with=None if t.tracker == "none" else t.tracker, project_dir=t.run_dir,
+                           kwargs_handlers=[ddp])
+
+    def _lr_factor(self, taken: int) -> float:
+        w = self.cfg.optim.warmup_steps
+        return 1.0 if w <= 0 else min(1.0, (taken + 1) / w)
+
+    def _check_phase_groups(self) -> None:
+        names = set(self.groups)
+        for i, p in enumerate(self.cfg.phases):
+            unknown = sorted(set(p.freeze) - names)
+            if unknown:
+                raise ConfigError(f"phases.{i}.freeze: unknown parameter group(s) {unknown} of "
+                                  f"{self.cfg.model.name}; groups: {', '.join(sorted(names))}")
+        if self.cfg.train.stage == "motion" and "motion" not in names:
+            raise ConfigError(f"train.stage=motion needs a model with a 'motion' parameter group; "
+                              f"{self.cfg.model.name} has {', '.join(sorted(names))}")
+
+    def _motion_objective(self):
+        from ..motion import motion_pretrain_loss  # DeCo-VAE's self-supervised motion objective
+
+        return motion_pretrain_loss
+
+    def _any_rank(self, bad: bool) -> bool:
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return bad
+        flag = torch.tensor([1.0 if bad else 0.0], device=self.device)
+        return bool(acc.reduce(flag, reduction="sum").item() > 0)
+
+    def _warn(self, msg: str) -> None:
+        if self.monitor is not None:
+            self.monitor.warning(msg)
+        elif self.accelerator.is_main_process:
+            print(msg, flush=True)
+
+    # --- freezing -------------------------------------------------------------------------------------------
+    def frozen_groups(self, step: int) -> set[str]:
+        """Parameter groups not trained at ``step`` (phase freeze lists; the motion stage trains 'motion' only)."""
+        if self.cfg.train.stage == "motion":
+            return set(self.groups) - {"motion"}
+        i = active_phase(self.cfg, step)
+        return set(self.cfg.phases[i].freeze) if i is not None else set()
+
+    def _apply_phase(self, step: int) -> None:
+        """Set requires_grad per group for ``step``; log when the frozen set changes."""
+        frozen = self.frozen_groups(step)
+        if frozen == self._frozen:
+            return
+        for name, params in self.groups.items():
+            for p in params:
+                p.requires_grad_(name not in frozen)
+        i = active_phase(self.cfg, step)
+        label = f"phase {i} '{self.cfg.phases[i].name}'" if i is not None else f"stage {self.cfg.train.stage}"
+        self.monitor.info(f"step {step}: {label}; frozen groups: {', '.join(sorted(frozen)) or 'none'}")
+        self._frozen = frozen
+
+    # --- state ----------------------------------------------------------------------------------------------
+    def model_record(self) -> dict:
+        """{"name", "config"}: what VideoVAE.load needs beside the weights."""
+        return {"name": self.model.name, "config": to_dict(self.model.config)}
+
+    def state_dict(self) -> dict:
+        acc = self.accelerator
+        s = {"format": STATE_FORMAT, "step": self.step, "record": self.model_record(),
+             "model": acc.unwrap_model(self.model_ddp).state_dict(), "ema": self.ema.state_dict(),
+             "opt_g": self.opt_g.state_dict(), "sched_g": self.sched_g.state_dict(),
+             "data": self.stream.state_dict(), "guard": self.guard.state_dict()}
+        if self.disc is not None:
+            s.update(disc=acc.unwrap_model(self.disc_ddp).state_dict(), opt_d=self.opt_d.state_dict(),
+                     sched_d=self.sched_d.state_dict())
+        return s
+
+    def load_state_dict(self, s: dict) -> None:
+        acc = self.accelerator
+        if s.get("format") != STATE_FORMAT:
+            raise ValueError(f"unsupported training-state format {s.get('format')}")
+        rec = s["record"]
+        if rec["name"] != self.model.name:
+            raise ConfigError(f"the run folder holds a '{rec['name']}' run; this config trains '{self.model.name}'")
+        model = acc.unwrap_model(self.model_ddp)
+        model.config = from_dict(type(model.config), rec["config"], source="the checkpoint")  # e.g. init_from's scaling
+        model.load_state_dict(s["model"])
+        self.ema.load_state_dict(s["ema"])
+        self.opt_g.load_state_dict(s["opt_g"])
+        self.sched_g.load_state_dict(s["sched_g"])
+        if self.disc is not None:
+            if "disc" not in s:
+                raise ConfigError("the checkpoint has no discriminator (it was saved with loss.gan_weight=0)")
+            acc.unwrap_model(self.disc_ddp).load_state_dict(s["disc"])
+            self.opt_d.load_state_dict(s["opt_d"])
+            self.sched_d.load_state_dict(s["sched_d"])
+        self.stream.load_state_dict(s["data"])
+        self.guard.load_state_dict(s["guard"])
+        self.step = int(s["step"])
+
+    def save(self) -> Path:
+        acc = self.accelerator
+        weights = None
+        if acc.is_main_process:
+            weights = {EMA_FILE: (self.ema.state_dict(), self.model_record())}
+        folder = self.run.save_checkpoint(self.step, self.state_dict() if acc.is_main_process else {},
+                                          rng=capture_rng(), weights=weights)
+        self._last_good = folder.name
+        self.monitor.info(f"step {self.step}: checkpoint {folder}")
+        return folder
+
+    # --- setup: fresh start or resume ------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
+        changed = self.run.write_config(to_dict(cfg))
+        ckpt = self.run.latest()
+        if ckpt is None:
+            self._fresh_start()
+        # wrap for the launch (DDP on several processes); EMA and state loading use the unwrapped modules
+        self.disc_ddp = None
+        if t.stage == "motion":
+            # the motion objective calls into the model's motion module, not its forward: no DDP wrapper,
+            # gradients are averaged over processes by hand (_sync_grads)
+            self.model_ddp = self.model.to(self.device)
+            self.opt_g = acc.prepare(self.opt_g)
+        elif self.disc is not None:
+            self.model_ddp, self.disc_ddp, self.opt_g, self.opt_d = acc.prepare(self.model, self.disc, self.opt_g,
+                                                                                self.opt_d)
+        else:
+            self.model_ddp, self.opt_g = acc.prepare(self.model, self.opt_g)
+        self.ema = EMA(acc.unwrap_model(self.model_ddp), t.ema_decay)
+        rng = None
+        if ckpt is not None:
+            state, rng = self.run.load_checkpoint(ckpt)
+            self.load_state_dict(state)
+            self._last_good = ckpt.name
+        if t.tracker != "none":
+            acc.init_trackers("tensorboard", config=_flat_hparams(to_dict(cfg)))
+        self.monitor = RunMonitor(self.run.log_path, t.max_steps, self.step, is_main=acc.is_main_process,
+                                  accelerator=acc if t.tracker != "none" else None,
+                                  show_bar=t.progress_bar, name=f"train {cfg.model.name}")
+        m = self.monitor
+        if ckpt is not None:
+            m.info(f"resuming from {ckpt} at step {self.step}" + (f"; config changed: {', '.join(changed)}"
+                                                                   if changed else ""))
+        else:
+            m.info(f"new run in {self.run.root}: {cfg.model.name}, stage {t.stage}, {acc.num_processes} process(es) "
+                   f"on {acc.device}, {sum(p.numel() for p in self.model.parameters()):,} parameters")
+        for i, d in enumerate(self.datasets):
+            report = getattr(d, "report", None) or getattr(getattr(d, "dataset", None), "report", None)
+            if report is not None:
+                m.info(f"bucket {i}: {report()}")
+        # randomness of the steps: per process; restored exactly on resume
+        if rng is not None:
+            restore_rng(rng)
+        else:
+            seed_everything(derive_seed(t.seed, acc.process_index, 1))
+        self._samples = self._sample_clips() if acc.is_main_process else None
+
+    def _fresh_start(self) -> None:
+        cfg = self.cfg.model
+        if cfg.init_from:
+            init = getattr(self.model, "init_from_image_vae", None)
+            if init is None:
+                raise ConfigError(f"model.init_from: {cfg.name} cannot be initialised from an image VAE")
+            init(cfg.init_from)
+        if cfg.init_from_run:
+            state = load_init_weights(cfg.init_from_run, cfg.init_weights)
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise ConfigError(f"model.init_from_run={cfg.init_from_run} does not fit {cfg.name}: "
+                                  f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    # --- the loop -------------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train to ``train.max_steps`` (resuming if possible); returns a summary."""
+        self.setup()
+        t = self.cfg.train
+        try:
+            while self.step < t.max_steps:
+                self.train_step()
+        finally:
+            self.monitor.close()
+            if t.tracker != "none":
+                self.accelerator.end_training()
+        return {"step": self.step, "run_dir": str(self.run.root), "skipped": self.guard.total}
+
+    def train_step(self) -> bool:
+        """One step (taken or skipped); True if taken."""
+        cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
+        step = self.step + 1
+        t0 = time.perf_counter()
+        _, batch = self.stream.next(self.step)
+        x = video_of(batch).to(self.device, non_blocking=True)
+        self._apply_phase(step)
+        self.model_ddp.train()
+        losses: dict[str, torch.Tensor] = {}
+        with acc.autocast():
+            if t.stage == "motion":
+                g_loss, logs = self.motion_loss(acc.unwrap_model(self.model_ddp), x)
+                x_hat = None
+            else:
+                x_hat, posterior = self.model_ddp(x)
+                disc = None
+                if self.loss.gan_active(step):
+                    disc = acc.unwrap_model(self.disc_ddp)
+                    disc.requires_grad_(False)  # the generator pass only needs d D / d x_hat
+                last = None
+                if disc is not None and cfg.loss.adaptive_weight:
+                    if self._last_layer is None:
+                        self._last_layer = find_last_layer(acc.unwrap_model(self.model_ddp), cfg.model.last_layer)
+                    last = self._last_layer
+                g_loss, logs = self.loss.generator(x, x_hat, posterior, step, disc, last)
+            losses.update(logs)
+            d_loss = None
+            if x_hat is not None and self.loss.gan_active(step):
+                acc.unwrap_model(self.disc_ddp).requires_grad_(True)
+                self.disc_ddp.train()
+                d_loss, d_logs = self.loss.discriminator(x, x_hat, self.disc_ddp)
+                losses.update(d_logs)
+        check = {"loss": g_loss} | ({"d_loss": d_loss} if d_loss is not None else {})
+        ok = self.guard.check(step, check, self._last_good, final=False)
+        if ok:
+            acc.backward(g_loss)
+            if t.stage == "motion":
+                self._sync_grads()
+            gn = {"grad_norm": acc.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
+                                                   cfg.optim.max_grad_norm or math.inf)}
+            if d_loss is not None:
+                acc.backward(d_loss)
+                gn["d_grad_norm"] = acc.clip_grad_norm_(list(self.disc.parameters()), math.inf)
+            ok = self.guard.check(step, gn, self._last_good)
+            losses.update({k: v.detach() for k, v in gn.items()})
+        if ok:
+            self.opt_g.step()
+            self.sched_g.step()
+            if d_loss is not None:
+                self.opt_d.step()
+                self.sched_d.step()
+        self.opt_g.zero_grad(set_to_none=True)
+        if self.opt_d is not None:
+            self.opt_d.zero_grad(set_to_none=True)
+        if not ok:
+            return False
+        self.step = step
+        self.ema.update(acc.unwrap_model(self.model_ddp), step)
+        values = {k: float(v) for k, v in losses.items()}
+        self.history.append(values)
+        self._after_step(step, values, time.perf_counter() - t0)
+        return True
+
+    def _sync_grads(self) -> None:
+        """Average gradients over processes (the motion stage runs without a DDP wrapper)."""
+        if self.accelerator.num_processes == 1:
+            return
+        import torch.distributed as dist
+
+        for p in self.model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.accelerator.num_processes
+
+    def _after_step(self, step: int, values: dict[str, float], dt: float) -> None:
+        t, m = self.cfg.train, self.monitor
+        m.step(step, {"loss": values["loss"]})
+        if step % t.log_every == 0 or step == t.max_steps:
+            lr = self.sched_g.get_last_lr()[0]
+            m.scalars(step, {f"train/{k}": v for k, v in values.items()} | {"train/lr": lr})
+            text = " ".join(f"{k}={v:.5g}" for k, v in values.items())
+            m.info(f"step {step}/{t.max_steps} {text} lr={lr:.3g} {m.rate(step):.3g} it/s")
+        if step % t.sample_every == 0 or step == t.max_steps:
+            self.write_samples(step)
+        if step % t.checkpoint_every == 0 or step == t.max_steps:
+            self.save()
+
+    # --- reconstruction samples -----------------------------------------------------------------------------
+    def _sample_clips(self) -> torch.Tensor:
+        """The first ``num_samples`` clips of bucket 0 at epoch 0: the same clips at every sample step."""
+        ds = self.datasets[0]
+        base = getattr(ds, "dataset", ds)
+        epoch = getattr(base, "epoch", None)
+        if epoch is not None:
+            base.set_epoch(0)
+        clips = [video_of(ds[i]) for i in range(min(self.cfg.train.num_samples, len(ds)))]
+        if epoch is not None:
+            base.set_epoch(epoch)
+        return torch.stack(clips)
+
+    @torch.no_grad()
+    def write_samples(self, step: int) -> Path | None:
+        """input | reconstruction (EMA weights) [| DeCo components] as a gif/mp4 in ``samples/``."""
+        if not self.accelerator.is_main_process:
+            return None
+        model = self.ema.module
+        x = self._samples.to(self.device)
+        rows = []
+        for i in range(x.shape[0]):
+            xi = x[i:i + 1]
+            x_hat = model.decode(model.encode(xi).mode()).clamp(-1, 1)
+            panels = [xi[0], x_hat[0]]
+            comps = getattr(model, "decoupled_components", None)
+            if callable(comps):  # DeCo-VAE: keyframe, motion (flow picture + scale), residual
+                c = comps(xi)
+                panels += [c["keyframe"][0]] + motion_panels(c["motion"][0]) + [c["residual"][0].clamp(-1, 1)]
+            rows.append(panels)
+        path = self.run.samples_dir / f"step-{step:06d}.{self.cfg.train.sample_format}"
+        write_panels(path, rows, fps=self.cfg.train.sample_fps)
+        return path
+
+
+def _flat_hparams(d: dict, prefix: str = "") -> dict:
+    """Nested config -> flat {dotted key: scalar} for tracker hyper-parameters."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat_hparams(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+def train(cfg: VAETrainConfig, datasets: Sequence[Dataset] | None = None, accelerator: Any = None) -> dict:
+    """Build a :class:`VAETrainer` and run it to ``train.max_steps``."""
+    return VAETrainer(cfg, datasets=datasets, accelerator=accelerator).fit()
