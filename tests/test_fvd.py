@@ -1,0 +1,244 @@
+"""FVD: the Frechet distance against an independent oracle, the I3D layout and loading, the seeded protocol,
+invariances (batch size, clip order, number of processes), the real-statistics cache, the JSON and the CLI.
+
+Everything runs a randomly initialised I3D on tiny clips (8 frames, 32 px) cut from real videos.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from pipelines import fvd
+from pipelines.fvd import (FVDProtocol, InceptionI3d, compute_fvd, extract_features, feature_stats,
+                           frechet_distance, get_protocol, select_real_clips)
+from pipelines.i3d import RANDOM_LABEL, build_detector, build_random, same_padding
+
+TINY = dict(num_frames=8, resolution=32)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return build_random()
+
+
+@pytest.fixture(scope="module")
+def tiny_protocol():
+    return get_protocol("fvd16", **TINY)
+
+
+@pytest.fixture(scope="module")
+def perturbed(ucf_tree, tmp_path_factory, tiny_protocol):
+    """The protocol's clips of the UCF-layout videos, with pixel noise, written as mp4: a 'generated' set."""
+    out = tmp_path_factory.mktemp("perturbed")
+    fvd.write_perturbed_copy(ucf_tree, out, tiny_protocol, noise=20.0)
+    return out
+
+
+def _oracle_fd(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance by eigen-decomposition: Tr sqrt(S1 S2) = sum sqrt(eig(S1^1/2 S2 S1^1/2))."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False, bias=True), np.cov(b, rowvar=False, bias=True)
+    w, v = scipy.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = scipy.linalg.eigvalsh(root1 @ s2 @ root1)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(inner, 0, None)).sum())
+
+
+def test_frechet_distance_against_scipy_oracle():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 64))
+    b = 1.3 * rng.normal(size=(500, 64)) @ rng.normal(scale=0.3, size=(64, 64)) + 0.2
+    mu_a, sigma_a = feature_stats(a)
+    np.testing.assert_allclose(sigma_a, np.cov(a, rowvar=False, bias=True), rtol=1e-12, atol=1e-12)
+    fd = frechet_distance(mu_a, sigma_a, *feature_stats(b))
+    assert fd == pytest.approx(_oracle_fd(a, b), rel=1e-8)
+    assert abs(frechet_distance(mu_a, sigma_a, mu_a, sigma_a)) < 1e-8 * np.trace(sigma_a)
+
+
+def test_same_padding_is_tf_same():
+    """TF 'SAME': output ceil(n / s), total pad max((out - 1) s + k - n, 0), the odd pixel at the back."""
+    for n in range(1, 30):
+        for k in range(1, 8):
+            for s in range(1, 4):
+                front, back = same_padding(n, k, s)
+                out = -(-n // s)
+                assert front + back == max((out - 1) * s + k - n, 0)
+                assert back - front in (0, 1)
+                assert (n + front + back - k) // s + 1 == out
+
+
+def test_i3d_checkpoint_names_strict_load_and_features(tmp_path, detector, monkeypatch):
+    assert isinstance(detector.net, InceptionI3d)
+    state = detector.net.state_dict()
+    for name, shape in {"Conv3d_1a_7x7.conv3d.weight": (64, 3, 7, 7, 7), "Conv3d_2b_1x1.bn.running_var": (64,),
+                        "Conv3d_2c_3x3.conv3d.weight": (192, 64, 3, 3, 3), "Mixed_3b.b0.conv3d.weight": (64, 192, 1, 1, 1),
+                        "Mixed_5c.b1b.conv3d.weight": (384, 192, 3, 3, 3), "Mixed_5c.b3b.bn.bias": (128,),
+                        "logits.conv3d.weight": (400, 1024, 1, 1, 1), "logits.conv3d.bias": (400,)}.items():
+        assert tuple(state[name].shape) == shape, name
+    assert not any(k.endswith("conv3d.bias") for k in state if not k.startswith("logits"))
+    assert all(m.eps == 1e-3 for m in detector.net.modules() if isinstance(m, torch.nn.BatchNorm3d))
+    # a checkpoint as the public files store it: a plain state dict without the num_batches_tracked counters
+    file = tmp_path / "i3d_pretrained_400.pt"
+    torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, file)
+    loaded = build_detector("i3d_pt", file)
+    assert loaded.info.sha256 == hashlib.sha256(file.read_bytes()).hexdigest() and not loaded.info.random_init
+    clips = torch.rand(3, 3, 8, 32, 32) * 255
+    feats = loaded(clips)
+    assert feats.shape == (3, 400)
+    torch.testing.assert_close(feats, detector(clips))
+    monkeypatch.setenv("VIDTOK_I3D_PATH", str(file))  # the environment variable stands in for detector_path
+    assert build_detector("i3d_pt").info.path == str(file.resolve())
+    bad = tmp_path / "bad.pt"
+    torch.save({k: v for k, v in state.items() if k != "Mixed_4c.b2b.bn.weight"}, bad)
+    with pytest.raises(RuntimeError, match="Mixed_4c.b2b.bn.weight"):
+        build_detector("i3d_pt", bad)
+
+
+def test_missing_detector_file_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("VIDTOK_I3D_PATH", raising=False)
+    with pytest.raises(FileNotFoundError) as err:
+        build_detector("i3d_pt")
+    assert "i3d_pretrained_400.pt" in str(err.value) and "VIDTOK_I3D_PATH" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="i3d_torchscript.pt"):
+        build_detector("i3d_torchscript", tmp_path / "nope.pt")
+    monkeypatch.setenv("VIDTOK_I3D_PATH", str(tmp_path / "moved.pt"))
+    with pytest.raises(FileNotFoundError, match="moved.pt"):
+        build_detector("i3d_pt")
+
+
+class _StyleGANVProbe(torch.nn.Module):
+    """Stands in for i3d_torchscript.pt and reports how it was called: input range, size and the three flags."""
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = False) -> torch.Tensor:
+        probe = torch.stack([x.amin(), x.amax(), torch.tensor(float(x.shape[3])), torch.tensor(float(rescale)),
+                             torch.tensor(float(resize)), torch.tensor(float(return_features))])
+        return torch.cat([probe, torch.zeros(394)]).expand(x.shape[0], 400)
+
+
+def test_torchscript_detector_is_called_as_stylegan_v(tmp_path):
+    file = tmp_path / "i3d_torchscript.pt"
+    torch.jit.script(_StyleGANVProbe()).save(str(file))
+    det = build_detector("i3d_torchscript", file)
+    clip = torch.zeros(1, 8, 40, 50, 3, dtype=torch.uint8)  # (n, t, h, w, c): centre crop = columns 5..44
+    clip[:, :, :, 25:] = 255  # black left half, white right half: the resized crop still spans 0..255
+    feats = extract_features(clip, det, resolution=32, device="cpu", progress=False)
+    lo, hi, size, rescale, resize, ret = feats[0, :6]
+    assert (lo, hi, size) == (0.0, 255.0, 32.0) and rescale == resize == ret == 1.0
+
+
+def test_real_clip_selection_is_seeded_one_per_video(ucf_tree, tmp_path):
+    videos = [str(p) for p in fvd.list_clip_sources(ucf_tree)]
+    assert len(videos) == 9
+    protocol = FVDProtocol("t", num_real=5, num_frames=8, real_stride=3, seed=7)
+    clips, skipped = select_real_clips(videos, protocol)
+    again, _ = select_real_clips(videos, protocol)
+    other, _ = select_real_clips(videos, protocol.with_overrides(seed=8))
+    assert clips == again and clips != other and skipped == {"too_short": 0, "unreadable": 0}
+    assert len({c.path for c in clips}) == 5
+    for c in clips:
+        assert np.all(np.diff(c.indices) == 3) and len(c.indices) == 8 and 0 <= c.indices[0] <= 36 - 22
+    # videos too short for the span are skipped, not clipped
+    long_clips, skipped = select_real_clips(videos, protocol.with_overrides(num_frames=13))  # span 37 > 36
+    assert long_clips == [] and skipped["too_short"] == 9
+
+
+def test_fvd_batch_size_clip_order_and_cache(ucf_tree, perturbed, detector, tiny_protocol, tmp_path, monkeypatch):
+    kw = dict(protocol=tiny_protocol, detector=detector, device="cpu", progress=False, verbose=False)
+    fakes = fvd.list_clip_sources(perturbed)
+    first = compute_fvd(ucf_tree, fakes, batch_size=4, cache_dir=tmp_path, out=tmp_path / "r.json", **kw)
+    assert first.real["cache_hit"] is False and first.num_real == first.num_fake == 9
+    assert first.fvd > 1.0  # noise of std 20 / 255 is visible even to a random I3D
+
+    def no_selection(*args, **kwargs):
+        raise AssertionError("a cache hit must not select or read real clips")
+
+    monkeypatch.setattr(fvd, "select_real_clips", no_selection)
+    reordered = compute_fvd(ucf_tree, fakes[::-1], batch_size=1, cache_dir=tmp_path, out=None, **kw)
+    assert reordered.real["cache_hit"] is True
+    assert reordered.fvd == pytest.approx(first.fvd, rel=1e-5)
+    monkeypatch.undo()
+    uncached = compute_fvd(ucf_tree, fakes, batch_size=3, cache_dir=None, out=None, **kw)
+    assert uncached.fvd == pytest.approx(first.fvd, rel=1e-5)
+    # the JSON says what the number means
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["fvd"] == first.fvd and saved["label"] == RANDOM_LABEL and saved["complete"] is False
+    assert saved["clips"] == {"real": 9, "fake": 9} and saved["seed"] == 0
+    for key in ("name", "num_real", "num_fake", "num_frames", "real_stride", "fake_stride", "resolution", "seed",
+                "selection"):
+        assert key in saved["protocol"]
+    assert saved["protocol"]["name"] == "fvd16[num_frames=8,resolution=32]"
+    assert saved["detector"]["name"] == "random" and len(saved["detector"]["sha256"]) == 64
+
+
+def test_fvd_published_protocols():
+    p = get_protocol("fvd16").to_dict()
+    assert (p["num_real"], p["num_fake"], p["num_frames"], p["real_stride"], p["fake_stride"], p["resolution"]) == \
+        (2048, 2048, 16, 1, 1, 224)
+    assert get_protocol("fvd128").num_frames == 128
+    latte = fvd.load_config(fvd.FVDConfig, Path(__file__).parents[1] / "configs/eval/fvd16_latte.yaml")
+    assert latte.resolved_protocol().real_stride == 3 and latte.resolved_protocol().name == "fvd16[real_stride=3]"
+
+
+def test_fvd_identical_sets_is_zero_and_seeded_runs_agree(ucf_tree, perturbed, detector, tiny_protocol):
+    kw = dict(protocol=tiny_protocol, detector=detector, device="cpu", progress=False, verbose=False, out=None)
+    clips, _ = select_real_clips(fvd.real_source(ucf_tree).videos, tiny_protocol)
+    videos = torch.stack([fvd.prepare_clip(fvd.read_clip(c), 32) for c in clips]) / 127.5 - 1  # b c t h w
+    same = compute_fvd(videos, videos, **kw)
+    _, sigma = feature_stats(extract_features(fvd.video_tensor_to_uint8(videos), detector, 32, device="cpu",
+                                              progress=False))
+    assert abs(same.fvd) < 1e-5 * np.trace(sigma)  # zero up to sqrtm round-off
+    a = compute_fvd(ucf_tree, perturbed, cache_dir=None, **kw)
+    b = compute_fvd(ucf_tree, perturbed, cache_dir=None, **kw)
+    assert a.fvd == b.fvd and a.fvd > 1e3 * abs(same.fvd)  # same seed, same clips: the same number, bit for bit
+
+
+def _distributed_worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        videos = torch.load(Path(out_dir) / "videos.pt")
+        feats = extract_features(fvd.video_tensor_to_uint8(videos), build_random(), resolution=32, device="cpu",
+                                 progress=False)
+        np.save(Path(out_dir) / f"feats{rank}.npy", feats)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_processes_give_the_single_process_number(tmp_path, detector):
+    """gloo on CPU, 5 clips over 2 ranks (3 + 2): every rank gets all features in clip order, the FVD is unchanged."""
+    videos = torch.rand(5, 3, 8, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    torch.save(videos, tmp_path / "videos.pt")
+    torch.multiprocessing.spawn(_distributed_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    single = extract_features(fvd.video_tensor_to_uint8(videos), detector, resolution=32, device="cpu",
+                              progress=False)
+    for rank in range(2):
+        gathered = np.load(tmp_path / f"feats{rank}.npy")
+        np.testing.assert_allclose(gathered, single, rtol=1e-5, atol=1e-5)
+        two = frechet_distance(*feature_stats(gathered[:3]), *feature_stats(gathered[3:]))
+        assert two == pytest.approx(frechet_distance(*feature_stats(single[:3]), *feature_stats(single[3:])),
+                                    rel=1e-5)
+
+
+def test_cli_random_detector_labels_every_line(ucf_tree, perturbed, tmp_path, capsys):
+    out = tmp_path / "cli.json"
+    rc = fvd.main(["--real", str(ucf_tree), "--fake", str(perturbed), "detector=random", "num_frames=8",
+                   "resolution=32", "num_workers=0", f"out={out}", f"stats_cache_dir={tmp_path / 'cache'}"])
+    assert rc == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert printed and all(line.startswith(RANDOM_LABEL) for line in printed)
+    result = json.loads(out.read_text())
+    assert result["label"] == RANDOM_LABEL and result["fvd"] > 0 and result["clips"] == {"real": 9, "fake": 9}
+
+
+def test_cli_fails_early_without_weights(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("VIDTOK_I3D_PATH", raising=False)
+    rc = fvd.main(["--real", str(tmp_path), "--fake", str(tmp_path), "detector=i3d_pt"])
+    assert rc == 2 and "i3d_pretrained_400.pt" in capsys.readouterr().err
