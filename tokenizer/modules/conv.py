@@ -103,12 +103,13 @@ class CausalConv3d(_TemporalConv3d):
             history = x[:, :, :1].expand(-1, -1, self.front, -1, -1)
         x = torch.cat([history, x], dim=2)  # b c (front|cached + t) h w
         length, stride = x.shape[2], self.stride[0]
-        if length < self.k_t:
-            raise ValueError(f"{type(self).__name__}: {length} frames (with padding) < temporal kernel {self.k_t}; "
-                             "use longer chunks")
-        n_out = (length - self.k_t) // stride + 1
+        n_out = max((length - self.k_t) // stride + 1, 0)
         if cache is not None:  # frames the next chunk's first window still needs
             cache.put(self, x[:, :, n_out * stride:])
+        if n_out == 0:
+            if cache is None:
+                raise ValueError(f"{type(self).__name__}: {length} frames (with padding) < temporal kernel {self.k_t}")
+            return x.new_zeros(x.shape[0], self.out_channels, 0, *x.shape[3:])  # all frames wait in the cache
         return self._conv_forward(x, self.effective_weight(), self.bias)
 
 
@@ -151,6 +152,8 @@ class GroupCausalConv3d(_TemporalConv3d):
             outputs.append(self._groups(x, history, self.group_size, weight))
         if cache is not None:
             cache.put(self, torch.cat([history, x], dim=2)[:, :, -self.pad:])
+        if not outputs:  # an empty chunk
+            return x.new_zeros(x.shape[0], self.out_channels, 0, *x.shape[3:])
         return torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
 
     def _groups(self, x: torch.Tensor, history: torch.Tensor, g: int, weight: torch.Tensor) -> torch.Tensor:
