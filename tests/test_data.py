@@ -171,8 +171,9 @@ def test_random_crop_and_flip_geometry(ucf_tree, tiny_data_cfg):
         raw = read_video_frames(path, indices).permute(0, 3, 1, 2).float()  # (t, c, 72, 96)
         resized = torch.nn.functional.interpolate(raw, size=(48, 64), mode="bilinear", antialias=True)
         resized = resized.permute(1, 0, 2, 3)  # (c, t, 48, 64): the short-side resize, checked against PIL above
-        windows = [x for x in range(17) if torch.allclose((r + 1) * 127.5, resized[..., x:x + 48], atol=1e-3)]
-        assert len(windows) >= 1  # the random crop is a 48x48 window of the resized frame
+        # the random crop is one 48x48 window of the resized frame (up to the dataset's rounding to uint8)
+        windows = [x for x in range(17) if ((r + 1) * 127.5 - resized[..., x:x + 48]).abs().max() <= 1.01]
+        assert len(windows) == 1
         xs.add(windows[0])
         assert torch.equal(f, c) or torch.equal(f, c.flip(-1))
         flipped.append(not torch.equal(f, c))

@@ -65,17 +65,20 @@ def crop_origin(size: tuple[int, int], resolution: int, crop: str, rng: np.rando
 def frames_to_clip(frames: torch.Tensor, resolution: int, origin_fn, flip: bool) -> torch.Tensor:
     """``uint8`` frames ``(T, H, W, C)`` -> ``float32`` clip ``(C, T, res, res)`` in ``[-1, 1]``.
 
-    Short-side resize (bilinear with antialiasing, skipped when the short side already is ``resolution``), then
-    the crop whose corner ``origin_fn((H', W'))`` returns, then an optional horizontal flip.
+    Short-side resize (bilinear with antialiasing, as PIL does; skipped when the short side already is
+    ``resolution``), then the crop whose corner ``origin_fn((H', W'))`` returns, then an optional horizontal flip.
+    The resize runs on ``uint8`` in channels-last memory, torch's vectorised path (about 10x faster on CPU than
+    float32), and rounds to integers as any image library does; only the crop is converted to float.
     """
-    x = rearrange(frames, "t h w c -> t c h w").float()
+    x = rearrange(frames, "t h w c -> t c h w")  # a channels-last view, no copy
     size = short_side_size(x.shape[-2], x.shape[-1], resolution)
     if size != tuple(x.shape[-2:]):
         x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-        x = x.clamp(0, 255)  # bilinear never overshoots; antialiasing's weights keep it in range up to rounding
     y0, x0 = origin_fn(size)
     x = x[..., y0:y0 + resolution, x0:x0 + resolution]  # (t, c, res, res)
     if flip:
         x = x.flip(-1)
-    x = x / 127.5 - 1.0
-    return rearrange(x, "t c h w -> c t h w").contiguous()
+    x = rearrange(x, "t c h w -> c t h w")
+    out = torch.empty(x.shape, dtype=torch.float32)  # (c, t, res, res), contiguous
+    out.copy_(x)  # one pass: uint8 -> float32 and the layout change
+    return out.div_(127.5).sub_(1.0)
