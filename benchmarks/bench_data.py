@@ -69,6 +69,22 @@ def time_loader(ds, workers: int, batch_size: int, clips: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+class TransportOnly(torch.utils.data.Dataset):
+    """Items of the same shape as the clips but no decoding: what moving a float32 clip through the loader costs."""
+
+    def __init__(self, shape: tuple[int, ...], n: int):
+        self.shape, self.n = shape, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return {"video": torch.full(self.shape, float(i % 7))}
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+
 def time_bare_decord(ds, clips: int) -> float:
     import decord
 
@@ -105,14 +121,19 @@ def main() -> None:
         ds = build_dataset(cfg)
         probe_ms = (time.perf_counter() - t0) / ds.num_found * 1000
         ds[0]  # warm caches (file pages, libraries)
-        names = ["bare decord decode, same frames (peer)"] + [
-            f"VideoClipDataset + DataLoader, batch {args.batch_size}"] * len(args.workers)
-        rates = [0.0] * len(names)
+        empty = TransportOnly(tuple(ds[0]["video"].shape), len(ds))
+        rows = [["bare decord decode of the same frames, one process (peer)", 0, 0.0]]
+        rows += [[f"VideoClipDataset + DataLoader, batch {args.batch_size}", w, 0.0] for w in args.workers]
+        rows += [[f"transport only: DataLoader of ready float32 clips (peer), batch {args.batch_size}", w, 0.0]
+                 for w in args.workers]
         for _ in range(args.repeats):  # rows interleaved, best of the repeats: a busy neighbour hurts all rows alike
-            rates[0] = max(rates[0], time_bare_decord(ds, args.clips))
-            for k, w in enumerate(args.workers, start=1):
-                rates[k] = max(rates[k], time_loader(ds, w, args.batch_size, args.clips))
-        rows = list(zip(names, [0] + list(args.workers), rates))
+            for row in rows:
+                if row[0].startswith("bare"):
+                    rate = time_bare_decord(ds, args.clips)
+                else:
+                    rate = time_loader(empty if row[0].startswith("transport") else ds, row[1], args.batch_size,
+                                       args.clips)
+                row[2] = max(row[2], rate)
 
     shape = f"{cfg.num_frames}x{cfg.resolution}x{cfg.resolution}"
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible ({platform.processor() or 'cpu'}), "
