@@ -415,7 +415,8 @@ class FVDResult:
         text = (f"FVD{p.num_frames} = {self.fvd:.4f} | protocol {p.name}: {self.num_real} real clips "
                 f"(stride {p.real_stride}) vs {self.num_fake} generated (stride {p.fake_stride}), {p.num_frames} "
                 f"frames, {p.resolution} px, seed {p.seed} | detector {d.name}")
-        text += f" {d.path} sha256 {d.sha256[:12]}" if d.path else ""
+        text += f" {d.path}" if d.path else ""
+        text += f" sha256 {d.sha256[:12]}" if d.sha256 else ""
         if not self.complete:
             text += (f" | INCOMPLETE: {self.num_real}/{p.num_real} real, {self.num_fake}/{p.num_fake} generated "
                      f"clips, not comparable to published {p.name.split('[')[0]}")
@@ -588,12 +589,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         real_is_path = args.real != "samples" and not args.real.endswith((".yaml", ".yml"))
         if real_is_path and not Path(args.real).is_dir():
             raise ConfigError(f"--real: no such folder or data config: {args.real}")
-        device = default_device() if cfg.device == "auto" else torch.device(cfg.device)
         from accelerate import PartialState
 
         state = PartialState()  # sets up torch.distributed when launched by `accelerate launch`
-        if cfg.device == "auto":
-            device = state.device
+        device = state.device if cfg.device == "auto" else torch.device(cfg.device)
         detector = build_detector(cfg.detector, cfg.detector_path, device)  # a missing weights file stops here
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
