@@ -58,8 +58,8 @@ class DataConfig:
         if self.max_videos is not None and self.max_videos < 1:
             raise ConfigError(f"invalid value 'max_videos={self.max_videos}': must be >= 1 or null")
         if self.kind != "samples" and not self.root:
-            raise ConfigError(f"'root' is required for kind={self.kind}: the dataset folder (e.g. root=/data/{self.kind} "
-                              f"on the command line)")
+            raise ConfigError(f"'root' is required for kind={self.kind}: the dataset folder "
+                              f"(e.g. root=/data/{self.kind} on the command line)")
 
     @property
     def clip_span(self) -> int:

@@ -14,9 +14,9 @@ Broken input never stops a job:
 2. A video that passes the probe but fails while its frames are decoded (e.g. truncated after its index) is
    replaced, deterministically, by the next usable video (``v + 1, v + 2, ...``, at most ``read_retries`` times,
    same clip number, same random draws). The item then names the video actually read in ``path`` and the failure in
-   ``read_error`` (``"<file>: <reason>"``, empty for a normal item); the failure is also warned once per process and
-   appended to :attr:`read_failures` of the process that read it. Consumers that read through DataLoader workers
-   pass their batches to :meth:`note_read_errors` so that the main process's :meth:`report` includes them.
+   ``read_error`` (``"<file>: <reason>"`` lines, empty for a normal item); the failure is also warned once per
+   process and appended to :attr:`read_failures` of the process that read it. Consumers that read through
+   DataLoader workers pass their batches to :meth:`note_read_errors` so that the main process's :meth:`report` includes them.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import torch
 from torch.utils.data import Dataset
 
 from .config import DataConfig
@@ -127,7 +126,7 @@ class VideoClipDataset(Dataset):
                 self._record_failure(v, err.reason)
                 errors.append(f"{self.videos[v].path}: {err.reason}")
                 continue
-            item["read_error"] = "; ".join(errors)
+            item["read_error"] = "\n".join(errors)
             return item
         raise RuntimeError(f"item {index}: {len(errors)} videos in a row failed to decode "
                            f"(read_retries={self.cfg.read_retries}): " + "; ".join(errors))
@@ -155,7 +154,7 @@ class VideoClipDataset(Dataset):
         """Fold the ``read_error`` fields of an item or a collated batch into this process's :attr:`read_failures`."""
         errs = batch_or_item.get("read_error", "")
         for text in [errs] if isinstance(errs, str) else list(errs):
-            for part in filter(None, text.split("; ")):
+            for part in filter(None, text.split("\n")):
                 path, _, reason = part.partition(": ")
                 if (path, reason) not in self.read_failures:
                     self.read_failures.append((path, reason))
