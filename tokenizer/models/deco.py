@@ -1,0 +1,397 @@
+"""DeCo-VAE: a clip decoupled into keyframe, motion and residual, three dedicated encoders, one shared 3D decoder.
+
+Paper: Yin et al., "DeCo-VAE: Learning Compact Latents for Video Reconstruction via Decoupled Representation".
+
+    decoupling (eqs. 4-7)    x_0 = keyframe;  m_t = M(concat(x_t, x_0));  x_hat_t^m = W(x_0, m_t);  r_t = x_t - x_hat_t^m
+                             X_k = T (x) x_0,  X_m = {m_t},  X_r = {r_t}
+    encoders (eqs. 1-2)      mu_i, log sigma_i^2 = E_i(X_i),  z_i = mu_i + sigma_i eps,  i in {k, m, r}
+    shared decoder (eq. 3)   X_hat_i = D(z_i)
+    recoupling (eq. 8)       x_hat_0 = mean_t X_hat_k;  x_hat_t = W(x_hat_0, m_hat_t) + r_hat_t
+
+The latent handed to diffusion is the channel concatenation ``[z_k | z_m | z_r]``; ``decode(z)`` splits, decodes
+and recouples, so downstream code sees an ordinary causal 4x8x8 VAE (17 frames <-> 5 latent frames).
+
+Parts (the parameter groups the decoupled adaptation freezes, :meth:`DeCoVAE.parameter_groups`):
+``motion`` (the motion module M, :mod:`tokenizer.motion`), ``enc_k``, ``enc_m``, ``enc_r`` (dedicated encoders) and
+``decoder`` (the one shared decoder). Each encoder and the decoder is the shared causal 3D backbone
+(:mod:`tokenizer.models.backbone`) at the plain baseline's sizes, so that ``plain`` vs ``deco`` compares like with like.
+
+Latent widths. ``deco``: 16 channels per component (48 in all, the paper). ``deco-compact``: 16 in all, split
+keyframe 6 / motion 5 / residual 5 (the keyframe carries the appearance of the whole clip, so it gets the odd
+channel). The shared decoder has one input width, the widest component; narrower latents are zero-padded up to it
+(the padding channels carry nothing, and the decoder's weights on them only ever see zeros for that component).
+
+Ablations (config ``decoupling``): ``concat`` -- X_k, X_m, X_r concatenated along channels into one encoder whose
+decoder returns the nine channels (Table 4, "Concat"); ``none`` -- no decoupling, one encoder and one decoder on
+RGB, i.e. exactly the ``plain`` baseline (Table 5, row 1).
+
+Groups of pictures (beyond the paper, its sec. 6 limitation): ``gop`` = frames per keyframe. Frame 0 and then
+frames ``1 + j * gop`` start a group whose keyframe is its first frame (aligned with the causal latent layout:
+latent frame 0 <-> frame 0, latent frame ``j`` <-> frames ``4j-3 .. 4j``). With ``gop`` set, ``encode`` and
+``decode`` run group by group through the causal cache (bounded memory) and equal the whole-clip result.
+``gop=None`` (default) = one keyframe for the whole clip (the paper).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..base import VideoVAE
+from ..config import ConfigError
+from ..distributions import DiagonalGaussian
+from ..modules import FrameCache
+from ..motion import MOTION_KINDS, MotionConfig, MotionModule, flow_to_rgb  # noqa: F401 - flow_to_rgb re-exported
+from ..registry import register_vae
+from .backbone import PLAIN_SIZES, TINY_SIZES, BackboneConfig, Decoder3D, Encoder3D, frame_chunks
+
+DECOUPLINGS = ("dedicated", "concat", "none")
+COMPONENTS = ("keyframe", "motion", "residual")
+
+
+@dataclass
+class DeCoVAEConfig:
+    """DeCo-VAE hyper-parameters: the backbone of each encoder / the decoder, the decoupling, the motion module."""
+
+    # backbone of every encoder and of the shared decoder (BackboneConfig names; causal, no TDC, first frame apart)
+    block_out_channels: list[int] = field(default_factory=lambda: list(PLAIN_SIZES["block_out_channels"]))
+    layers_per_block: int = PLAIN_SIZES["layers_per_block"]
+    norm_num_groups: int = PLAIN_SIZES["norm_num_groups"]
+    norm_eps: float = 1e-6
+    conv_type: str = "causal"
+    tdc: bool = False
+    temporal_down_levels: list[int] = field(default_factory=lambda: [0, 1])
+    mid_attention: bool = True
+    # decoupling
+    decoupling: str = "dedicated"  # dedicated (paper) | concat (Table 4) | none (plain, Table 5 row 1)
+    component_channels: list[int] = field(default_factory=lambda: [16, 16, 16])  # latent widths of k, m, r
+    gop: Optional[int] = None  # frames per keyframe (a multiple of 4); None = one keyframe per clip (paper)
+    # motion module M (tokenizer.motion)
+    motion: str = "learned"  # learned (U-Net, pre-trained self-supervised) | classical (Horn-Schunck, scale 0)
+    motion_channels: list[int] = field(default_factory=lambda: [32, 64, 96, 128])  # U-Net widths, 1/2 .. 1/16 res
+    motion_sigma0: float = 1.5
+    motion_num_levels: int = 5
+    motion_ckpt: Optional[str] = None  # pre-trained motion weights, loaded at construction (then cleared, see below)
+    motion_ckpt_sha256: Optional[str] = None  # provenance: SHA-256 of the motion checkpoint that was loaded
+    # latent normalisation diffusion applies: (z - shift_factor) * scaling_factor
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0
+
+    def validate(self) -> None:
+        if self.decoupling not in DECOUPLINGS:
+            raise ConfigError(f"decoupling must be one of {', '.join(DECOUPLINGS)}, got '{self.decoupling}'")
+        if self.motion not in MOTION_KINDS:
+            raise ConfigError(f"motion must be one of {', '.join(MOTION_KINDS)}, got '{self.motion}'")
+        if not self.component_channels or min(self.component_channels) < 1:
+            raise ConfigError(f"component_channels must be positive widths, got {self.component_channels}")
+        if self.decoupling == "dedicated" and len(self.component_channels) != 3:
+            raise ConfigError(f"decoupling=dedicated needs 3 component_channels (keyframe, motion, residual), got "
+                              f"{self.component_channels}")
+        t_c = 2 ** len(self.temporal_down_levels)
+        if self.gop is not None:
+            if self.decoupling == "none":
+                raise ConfigError("gop needs a decoupled model (decoupling=dedicated or concat)")
+            if self.gop < t_c or self.gop % t_c:
+                raise ConfigError(f"gop must be a positive multiple of the temporal compression {t_c}, got {self.gop}")
+        if self.motion_ckpt and self.motion != "learned":
+            raise ConfigError(f"motion_ckpt is for the learned motion module, but motion='{self.motion}'")
+
+    @property
+    def latent_channels(self) -> int:
+        return sum(self.component_channels)
+
+    def backbone(self, in_channels: int, latent_channels: int, out_channels: int = 3) -> BackboneConfig:
+        return BackboneConfig(in_channels=in_channels, out_channels=out_channels, latent_channels=latent_channels,
+                              block_out_channels=list(self.block_out_channels),
+                              layers_per_block=self.layers_per_block, norm_num_groups=self.norm_num_groups,
+                              norm_eps=self.norm_eps, conv_type=self.conv_type, tdc=self.tdc, first_frame="separate",
+                              temporal_down_levels=list(self.temporal_down_levels), mid_attention=self.mid_attention)
+
+    def motion_config(self) -> MotionConfig:
+        return MotionConfig(kind=self.motion, channels=list(self.motion_channels), sigma0=self.motion_sigma0,
+                            num_levels=self.motion_num_levels)
+
+
+class DeCoVAE(VideoVAE):
+    """DeCo-VAE (b 3 1+4k h w) in [-1, 1] <-> latent [z_k | z_m | z_r] (b sum(component_channels) 1+k h/8 w/8).
+
+    Attributes (parameter groups): ``motion`` (absent for decoupling=none), ``enc_k``, ``enc_m``, ``enc_r``
+    (decoupling=dedicated) or ``encoder`` (concat, none), and ``decoder``.
+
+    ``motion_ckpt``: when set, the pre-trained motion weights are loaded at construction (a clear error names the
+    missing file); ``self.config`` then records the file's SHA-256 in ``motion_ckpt_sha256`` and drops the path,
+    because from then on the motion weights travel inside this model's own weights (a saved model must not need
+    the original checkpoint file to load).
+    """
+
+    config_class = DeCoVAEConfig
+    frame_rule = "causal"
+
+    def __init__(self, config: DeCoVAEConfig, name: str | None = None):
+        super().__init__(config, name)
+        config.validate()
+        cc, mode = list(config.component_channels), config.decoupling
+        self.latent_channels = config.latent_channels
+        s = 2 ** (len(config.block_out_channels) - 1)
+        self.compression = (2 ** len(config.temporal_down_levels), s, s)
+        if mode != "none":
+            self.motion = MotionModule(config.motion_config())
+        if mode == "dedicated":
+            self.enc_k = Encoder3D(config.backbone(3, cc[0]))
+            self.enc_m = Encoder3D(config.backbone(3, cc[1]))
+            self.enc_r = Encoder3D(config.backbone(3, cc[2]))
+            self.decoder = Decoder3D(config.backbone(3, max(cc)))  # one decoder, fed each latent in turn (eq. 3)
+        else:  # concat: one encoder over [X_k | X_m | X_r] (9 channels) and back; none: RGB in, RGB out
+            width = 9 if mode == "concat" else 3
+            self.encoder = Encoder3D(config.backbone(width, self.latent_channels, width))
+            self.decoder = Decoder3D(config.backbone(width, self.latent_channels, width))
+            if mode == "none":
+                # no components to show: the trainer's sample writer looks this attribute up and skips it if None
+                self.decoupled_components = None
+        if config.motion_ckpt:
+            sha = self.motion.load_pretrained(config.motion_ckpt)
+            self.config = dataclasses.replace(config, motion_ckpt=None, motion_ckpt_sha256=sha)
+
+    # ------------------------------------------------------------------------------------------ parameter groups
+    def parameter_groups(self) -> dict[str, nn.Module]:
+        """The parts the decoupled adaptation freezes or trains (paper sec. 3.3), by name."""
+        if self.config.decoupling == "dedicated":
+            return {"motion": self.motion, "enc_k": self.enc_k, "enc_m": self.enc_m, "enc_r": self.enc_r,
+                    "decoder": self.decoder}
+        groups = {"encoder": self.encoder, "decoder": self.decoder}
+        return {"motion": self.motion, **groups} if self.config.decoupling == "concat" else groups
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        for m in self.modules():
+            if isinstance(m, (Encoder3D, Decoder3D)):
+                m.gradient_checkpointing = enabled
+
+    # --------------------------------------------------------------------------------------- groups of pictures
+    def keyframe_index(self, t: int) -> int:
+        """Index of the keyframe of frame ``t``: 0 for the whole clip, or the first frame of its group."""
+        gop = self.config.gop
+        return 0 if gop is None or t == 0 else 1 + ((t - 1) // gop) * gop
+
+    def _segments(self, start: int, length: int) -> list[tuple[int, slice]]:
+        """Frames ``start .. start+length`` cut by group: [(keyframe index, slice relative to start)]."""
+        out, a = [], 0
+        while a < length:
+            key = self.keyframe_index(start + a)
+            b = a + 1
+            while b < length and self.keyframe_index(start + b) == key:
+                b += 1
+            out.append((key, slice(a, b)))
+            a = b
+        return out
+
+    # -------------------------------------------------------------------------------------- decoupling, eqs. 4-7
+    def decouple(self, video: torch.Tensor, start: int = 0,
+                 keyframes: dict[int, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """video (b 3 t h w), frames ``start ..`` of a clip -> X_k, X_m, X_r and x_hat^m, each (b 3 t h w).
+
+        ``keyframes`` {index: (b 3 h w)} supplies keyframes that lie before ``start`` (chunked encoding) and
+        receives the ones found here.
+        """
+        keyframes = {} if keyframes is None else keyframes
+        parts = {k: [] for k in ("keyframe", "motion", "residual", "prediction")}
+        for key, sl in self._segments(start, video.shape[2]):
+            if key >= start:
+                keyframes[key] = video[:, :, key - start]
+            x_0, frames = keyframes[key], video[:, :, sl]  # (b 3 h w), (b 3 n h w)
+            m, pred = self.motion(frames, x_0)  # eq. 4 for every t (x_0 itself included), eq. 5
+            parts["keyframe"].append(x_0.unsqueeze(2).expand_as(frames))  # eq. 7: X_k = T (x) x_0
+            parts["motion"].append(m)
+            parts["residual"].append(frames - pred)  # eq. 6
+            parts["prediction"].append(pred)
+        return {k: torch.cat(v, dim=2) for k, v in parts.items()}
+
+    def recouple(self, keyframe_hat: dict[int, torch.Tensor], motion_hat: torch.Tensor, residual_hat: torch.Tensor,
+                 start: int = 0) -> torch.Tensor:
+        """Eq. 8 for frames ``start ..``: x_hat_t = W(x_hat_0, m_hat_t) + r_hat_t; keyframe_hat {index: (b 3 h w)}."""
+        out = []
+        for key, sl in self._segments(start, motion_hat.shape[2]):
+            out.append(self.motion.warp(keyframe_hat[key], motion_hat[:, :, sl]) + residual_hat[:, :, sl])
+        return torch.cat(out, dim=2)
+
+    def _keyframe_sums(self, keyframe_video: torch.Tensor, start: int, sums: dict, counts: dict) -> None:
+        """Accumulate the decoded keyframe video per group (x_hat_0 = its time average, eq. 8)."""
+        for key, sl in self._segments(start, keyframe_video.shape[2]):
+            part = keyframe_video[:, :, sl].sum(dim=2)
+            sums[key] = part if key not in sums else sums[key] + part
+            counts[key] = counts.get(key, 0) + (sl.stop - sl.start)
+
+    # ------------------------------------------------------------------------------------- encoders, eqs. 1-2
+    def _encode_parts(self, video: torch.Tensor, cache: FrameCache | None, start: int,
+                      keyframes: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames ``start ..`` -> (mean, logvar) of [z_k | z_m | z_r], each (b latent t' h' w')."""
+        mode = self.config.decoupling
+        if mode == "none":
+            return _split_moments(self.encoder(video, cache))
+        comps = self.decouple(video, start, keyframes)
+        if mode == "concat":
+            x = torch.cat([comps[c] for c in COMPONENTS], dim=1)  # b 9 t h w
+            return _split_moments(self.encoder(x, cache))
+        moments = [enc(comps[c], cache) for enc, c in zip((self.enc_k, self.enc_m, self.enc_r), COMPONENTS)]
+        means, logvars = zip(*[_split_moments(m) for m in moments])
+        return torch.cat(means, dim=1), torch.cat(logvars, dim=1)  # [k | m | r] along channels
+
+    def encode(self, video: torch.Tensor, chunk_size: int | None = None) -> DiagonalGaussian:
+        """video (b 3 1+4k h w) in [-1, 1] -> posterior over [z_k | z_m | z_r] (b latent 1+k h/8 w/8).
+
+        ``chunk_size`` (frames, a multiple of 4): encode chunk by chunk through the causal cache, equal to the
+        whole-clip result; with ``gop`` set the default is one group per chunk.
+        """
+        self.check_video(video)
+        chunk_size = chunk_size or self.config.gop
+        if chunk_size is None:
+            mean, logvar = self._encode_parts(video, None, 0, {})
+            return DiagonalGaussian(mean=mean, logvar=logvar)
+        t_c = self.compression[0]
+        if chunk_size < t_c or chunk_size % t_c:
+            raise ValueError(f"{self.name}: chunk_size must be a positive multiple of {t_c} frames, got {chunk_size}")
+        cache, keyframes, means, logvars = FrameCache(), {}, [], []
+        for sl in frame_chunks(video.shape[2], chunk_size, lone_first=True):
+            mean, logvar = self._encode_parts(video[:, :, sl], cache, sl.start, keyframes)
+            means.append(mean)
+            logvars.append(logvar)
+            keyframes = {k: v for k, v in keyframes.items() if k == max(keyframes)}  # only the open group's keyframe
+        return DiagonalGaussian(mean=torch.cat(means, dim=2), logvar=torch.cat(logvars, dim=2))
+
+    # ------------------------------------------------------------------------- shared decoder, eq. 3; recoupling
+    def split_latent(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """[z_k | z_m | z_r] (b latent t h w) -> [z_k, z_m, z_r] (dedicated) or [z] (concat, none)."""
+        if z.ndim != 5 or z.shape[1] != self.latent_channels:
+            raise ValueError(f"{self.name}: expected a latent (b, {self.latent_channels}, t, h, w), got {tuple(z.shape)}")
+        if self.config.decoupling != "dedicated":
+            return [z]
+        return list(torch.split(z, list(self.config.component_channels), dim=1))
+
+    def decode_components(self, z: torch.Tensor, cache: FrameCache | None = None,
+                          which: tuple[str, ...] = COMPONENTS) -> dict[str, torch.Tensor]:
+        """Eq. 3: the decoded components ``which`` of latent frames z, each (b 3 t h w).
+
+        Dedicated: the one shared decoder runs once on the requested latents stacked along the batch (each
+        zero-padded to the decoder's input width); concat: the decoder returns the nine channels at once.
+        """
+        parts = self.split_latent(z)
+        if self.config.decoupling == "concat":
+            out = dict(zip(COMPONENTS, self.decoder(parts[0], cache).chunk(3, dim=1)))  # b 9 t h w -> 3 x (b 3 ..)
+            return {c: out[c] for c in which}
+        width = self.decoder.config.latent_channels
+        zs = [F.pad(parts[COMPONENTS.index(c)], (0, 0, 0, 0, 0, 0, 0, width - parts[COMPONENTS.index(c)].shape[1]))
+              for c in which]  # each (b width t h w), zero channels appended
+        decoded = self.decoder(torch.cat(zs, dim=0), cache).chunk(len(which), dim=0)  # (n b) 3 T H W -> n x (b ..)
+        return dict(zip(which, decoded))
+
+    def _latent_start(self, latent_start: int) -> int:
+        """First frame decoded from latent frame ``latent_start`` (causal layout: 0 -> 0, j -> 4j - 3)."""
+        return 0 if latent_start == 0 else self.compression[0] * (latent_start - 1) + 1
+
+    def decode(self, z: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+        """[z_k | z_m | z_r] (b latent 1+k h w) -> video (b 3 1+4k 8h 8w): decode, then recouple (eq. 8).
+
+        ``chunk_size`` (latent frames; default with ``gop`` set: one group): decode chunk by chunk through the
+        causal cache, in two passes -- the keyframe stream first (only its per-group time averages are kept), then
+        motion and residual, recoupled chunk by chunk -- so memory stays bounded; equal to the whole decode.
+        """
+        if self.config.decoupling == "none":
+            self.split_latent(z)  # validates the shape
+            if chunk_size is None:
+                return self.decoder(z)
+            cache = FrameCache()
+            return torch.cat([self.decoder(z[:, :, sl], cache) for sl in frame_chunks(z.shape[2], chunk_size, False)],
+                             dim=2)
+        if chunk_size is None and self.config.gop is not None:
+            chunk_size = self.config.gop // self.compression[0]
+        if chunk_size is None:
+            comps = self.decode_components(z)
+            sums, counts = {}, {}
+            self._keyframe_sums(comps["keyframe"], 0, sums, counts)
+            keyframe_hat = {k: sums[k] / counts[k] for k in sums}
+            return self.recouple(keyframe_hat, comps["motion"], comps["residual"])
+        if chunk_size < 1:
+            raise ValueError(f"{self.name}: chunk_size must be >= 1 latent frame, got {chunk_size}")
+        chunks = frame_chunks(z.shape[2], chunk_size, lone_first=True)
+        cache, sums, counts = FrameCache(), {}, {}
+        for sl in chunks:  # pass 1: the keyframe stream -> x_hat_0 of every group
+            k = self.decode_components(z[:, :, sl], cache, which=("keyframe",))["keyframe"]
+            self._keyframe_sums(k, self._latent_start(sl.start), sums, counts)
+        keyframe_hat = {k: sums[k] / counts[k] for k in sums}
+        cache, out = FrameCache(), []
+        for sl in chunks:  # pass 2: motion and residual, recoupled as they come
+            comps = self.decode_components(z[:, :, sl], cache, which=("motion", "residual"))
+            out.append(self.recouple(keyframe_hat, comps["motion"], comps["residual"], self._latent_start(sl.start)))
+        return torch.cat(out, dim=2)
+
+    # ------------------------------------------------------------------------------- components, for training
+    def decoupled_components(self, video: torch.Tensor, sample: bool = False,
+                             generator: torch.Generator | None = None) -> dict:
+        """Everything between input and output of one whole-clip pass, for losses and pictures.
+
+        Returns (videos are (b 3 t h w)): ``keyframe`` X_k, ``motion`` X_m (flow x, flow y, scale; see
+        :func:`flow_to_rgb`), ``residual`` X_r, ``prediction`` x_hat^m = W(x_0, m); their reconstructions
+        ``keyframe_hat`` (decoded keyframe video), ``motion_hat``, ``residual_hat``, ``prediction_hat`` =
+        W(x_hat_0, m_hat); ``reconstruction`` (eq. 8), ``posterior`` and the latent ``z``.
+        """
+        self.check_video(video)
+        comps = self.decouple(video)
+        mean, logvar = self._encode_parts(video, None, 0, {})
+        posterior = DiagonalGaussian(mean=mean, logvar=logvar)
+        z = posterior.sample(generator) if sample else posterior.mode()
+        hats = self.decode_components(z)
+        sums, counts = {}, {}
+        self._keyframe_sums(hats["keyframe"], 0, sums, counts)
+        keyframe_hat = {k: sums[k] / counts[k] for k in sums}
+        zero = torch.zeros_like(hats["residual"])
+        prediction_hat = self.recouple(keyframe_hat, hats["motion"], zero)
+        return {**comps, "keyframe_hat": hats["keyframe"], "motion_hat": hats["motion"],
+                "residual_hat": hats["residual"], "prediction_hat": prediction_hat,
+                "reconstruction": prediction_hat + hats["residual"], "posterior": posterior, "z": z}
+
+
+def _split_moments(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder output (b 2c t h w) -> (mean, logvar), each (b c t h w)."""
+    mean, logvar = moments.chunk(2, dim=1)
+    return mean, logvar
+
+
+# --------------------------------------------------------------------------------------------------- presets
+@register_vae("deco", DeCoVAE)
+def deco() -> DeCoVAEConfig:
+    """The paper: 16 latent channels per component, three dedicated encoders and one shared decoder."""
+    return DeCoVAEConfig()
+
+
+@register_vae("deco-compact", DeCoVAE)
+def deco_compact() -> DeCoVAEConfig:
+    """16 latent channels in all (keyframe 6, motion 5, residual 5): equal latent size to the 16-channel VAEs."""
+    return DeCoVAEConfig(component_channels=[6, 5, 5])
+
+
+@register_vae("deco-concat", DeCoVAE)
+def deco_concat() -> DeCoVAEConfig:
+    """Table 4 ablation: components concatenated into one encoder (48 latent channels, as ``deco``)."""
+    return DeCoVAEConfig(decoupling="concat")
+
+
+_TINY = dict(block_out_channels=list(TINY_SIZES["block_out_channels"]), layers_per_block=TINY_SIZES["layers_per_block"],
+             norm_num_groups=TINY_SIZES["norm_num_groups"], motion_channels=[8, 16, 16])
+
+
+@register_vae("deco-tiny", DeCoVAE)
+def deco_tiny() -> DeCoVAEConfig:
+    return DeCoVAEConfig(**_TINY)
+
+
+@register_vae("deco-compact-tiny", DeCoVAE)
+def deco_compact_tiny() -> DeCoVAEConfig:
+    return DeCoVAEConfig(component_channels=[6, 5, 5], **_TINY)
+
+
+@register_vae("deco-concat-tiny", DeCoVAE)
+def deco_concat_tiny() -> DeCoVAEConfig:
+    return DeCoVAEConfig(decoupling="concat", **_TINY)
