@@ -160,11 +160,18 @@ class GroupCausalConv3d(_TemporalConv3d):
         """Convolve the groups of ``x`` (b c n*g h w); ``history`` (b c p h w) holds the p frames before ``x``."""
         b, _, t, h, w = x.shape
         n, p = t // g, self.pad
+        if p == 1:
+            # The two causal taps over (x_{t-1}, x_t) for every frame, then the future tap W_2 x_{t+1} only where
+            # t + 1 is in the same group (the last frame of a group sees the zero pad). The same sum as convolving
+            # each padded group, without copying the clip into groups, and exactly causal across groups.
+            hw = self.padding[1:]
+            y = self._conv_forward(torch.cat([history, x], dim=2), weight[:, :, :2], self.bias)  # b c_out t h w
+            for r in range(g - 1):  # frame r of every group sees frame r + 1 of its group
+                nxt = rearrange(x[:, :, r + 1::g], "b c n h w -> (b n) c h w")
+                future = F.conv2d(nxt, weight[:, :, 2], padding=hw)
+                y[:, :, r::g] += rearrange(future, "(b n) c h w -> b c n h w", b=b)
+            return y
         seq = torch.cat([history, x], dim=2)  # b c (p + t) h w
-        if g == 1 and p == 1:
-            # Groups of one frame: window (x_{t-1}, x_t, 0); the zero tap contributes nothing, so this is a causal
-            # conv with the first two taps -- the same sum without building three copies of the input.
-            return self._conv_forward(seq, weight[:, :, :2], self.bias)
         # front pad of group i = the p frames just before it = seq[p + i g - p : p + i g]
         idx = (torch.arange(n, device=x.device) * g)[:, None] + torch.arange(p, device=x.device)[None]  # n p
         front = seq[:, :, idx]  # b c n p h w

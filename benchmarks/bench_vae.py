@@ -1,0 +1,166 @@
+"""Parameters, FLOPs, encode + decode time and peak memory of the toolkit's video VAEs beside diffusers peers.
+
+    python benchmarks/bench_vae.py                                   # every full-size preset + the peers, 256 px
+    python benchmarks/bench_vae.py --vae vcvae plain --size 128      # a subset, smaller clips
+    python benchmarks/bench_vae.py --peers                           # the toolkit's VAEs only
+
+What is measured, in one run, one model at a time, each in a fresh Python process (so that one model's peak
+memory does not hide another's):
+
+- the toolkit's VAEs by registry name (default: every full-size preset registered, i.e. without '-tiny'),
+  randomly initialised (speed does not depend on the weights);
+- the peers: diffusers ``AutoencoderKLCogVideoX()`` and ``AutoencoderKLWan()`` at their default sizes, both
+  4x8x8 with 16 latent channels, random init, no download, no tiling;
+- one clip of ``--frames`` frames (16; causal models, the peers included, take ``frames + 1`` = 17, their
+  nearest valid count) at ``--size`` x ``--size``, encode (posterior mode) then decode, ``torch.inference_mode``;
+- time: wall-clock seconds of encode and of decode, best of ``--repeat`` (after ``--warmup`` untimed passes);
+- memory: the process's peak resident set size (``ru_maxrss``: weights + activations + the Python/torch baseline)
+  and its growth during encode + decode (peak RSS after minus peak RSS before the first pass);
+- FLOPs: counted by ``torch.utils.flop_counter`` on the meta device at the same shape (convs and matmuls).
+
+Prints a Markdown table for BENCHMARKS.md with the machine, date and command.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PEERS = {"cogvideox": "AutoencoderKLCogVideoX", "wan": "AutoencoderKLWan"}
+
+
+def _build(spec: str, device: str = "cpu"):
+    """(model, encode, decode, frame_rule, compression, latent channels) for 'vae:NAME' or 'peer:NAME'."""
+    kind, name = spec.split(":", 1)
+    with torch.device(device):
+        if kind == "vae":
+            from tokenizer import build_vae
+
+            model = build_vae(name).eval()
+            return (model, lambda x: model.encode(x).mode(), model.decode, model.frame_rule, model.compression,
+                    model.latent_channels)
+        import diffusers
+
+        model = getattr(diffusers, PEERS[name])().eval()
+        return (model, lambda x: model.encode(x).latent_dist.mode(), lambda z: model.decode(z).sample, "causal",
+                (4, 8, 8), model.config.latent_channels)
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def measure(spec: str, frames: int, size: int, repeat: int, warmup: int) -> dict:
+    """Run in the child process: time, memory and FLOPs of one model on one clip."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, encode, decode, rule, compression, latent_channels = _build(spec)
+    t = frames + 1 if rule == "causal" else frames
+    clip = torch.rand(1, 3, t, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    params = sum(p.numel() for p in model.parameters())
+    rss_before = _peak_rss_mib()
+    enc_times, dec_times = [], []
+    with torch.inference_mode():
+        for i in range(warmup + repeat):
+            start = time.perf_counter()
+            z = encode(clip)
+            mid = time.perf_counter()
+            out = decode(z)
+            end = time.perf_counter()
+            if i >= warmup:
+                enc_times.append(mid - start)
+                dec_times.append(end - mid)
+    rss_after = _peak_rss_mib()
+    assert out.shape == clip.shape, (spec, tuple(out.shape), tuple(clip.shape))
+    del model, z, out
+    meta_model, meta_encode, meta_decode, *_ = _build(spec, device="meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        meta_decode(meta_encode(torch.empty(clip.shape, device="meta")))
+    best = min(range(repeat), key=lambda i: enc_times[i] + dec_times[i])
+    return {"model": spec.split(":", 1)[1], "peer": spec.startswith("peer:"), "frames": t, "size": size,
+            "compression": "x".join(map(str, compression)), "latent_channels": latent_channels,
+            "params_M": params / 1e6, "tflops": counter.get_total_flops() / 1e12,
+            "encode_s": enc_times[best], "decode_s": dec_times[best],
+            "peak_rss_mib": rss_after, "rss_growth_mib": rss_after - rss_before}
+
+
+def default_vaes() -> list[str]:
+    from tokenizer import vae_names
+
+    return [n for n in vae_names() if not n.endswith("-tiny")]
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | compression / channels | clip | params (M) | TFLOPs | encode (s) | decode (s) | "
+             "encode + decode (s) | peak RSS (MiB) | RSS growth (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name = f"{r['model']} (diffusers peer)" if r["peer"] else f"`{r['model']}`"
+        if "error" in r:
+            lines.append(f"| {name} | | | | | failed: {r['error']} | | | | |")
+            continue
+        lines.append(f"| {name} | {r['compression']} / {r['latent_channels']} | {r['frames']}x{r['size']}x{r['size']} "
+                     f"| {r['params_M']:.1f} | {r['tflops']:.2f} | {r['encode_s']:.1f} | {r['decode_s']:.1f} | "
+                     f"{r['encode_s'] + r['decode_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['rss_growth_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vae", nargs="*", default=None, help="registry names (default: all full-size presets)")
+    parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS),
+                        help="diffusers peers (default: cogvideox wan; pass --peers alone for none)")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:  # one measurement, JSON on the last line of stdout
+        print(json.dumps(measure(args.child, args.frames, args.size, args.repeat, args.warmup)))
+        return
+    if args.size % 8 or args.frames % 8 or args.repeat < 1:
+        parser.error("--size and --frames must be multiples of 8 (8x8x8 presets), --repeat >= 1")
+    vaes = default_vaes() if args.vae is None else args.vae
+    specs = [f"vae:{n}" for n in vaes] + [f"peer:{p}" for p in args.peers]
+    print(f"# models: {', '.join(specs)}; clip {args.frames}(+1)x{args.size}x{args.size}; threads "
+          f"{args.threads or torch.get_num_threads()}", flush=True)
+    rows = []
+    for spec in specs:
+        cmd = [sys.executable, __file__, "--child", spec, "--frames", str(args.frames), "--size", str(args.size),
+               "--repeat", str(args.repeat), "--warmup", str(args.warmup)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            rows.append({"model": spec.split(":", 1)[1], "peer": spec.startswith("peer:"),
+                         "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})
+        else:
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"# {spec}: {rows[-1]}", flush=True)
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    print(f"\nMachine: {cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), CPU only. Date: {datetime.date.today()}.")
+    print("Command: `python " + " ".join([Path(__file__).relative_to(Path.cwd()).as_posix()
+                                          if Path(__file__).is_relative_to(Path.cwd()) else __file__]
+                                         + sys.argv[1:]) + "`\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
