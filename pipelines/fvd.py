@@ -436,8 +436,9 @@ class FVDResult:
 def _clips_arg(x: Any, protocol: FVDProtocol, role: str) -> tuple[Any, dict]:
     """A tensor of videos (b, c, t, h, w) in [-1, 1], a folder, or a list of paths -> clips + a description."""
     if isinstance(x, torch.Tensor):
-        if x.ndim != 5:
-            raise ValueError(f"{role} videos: expected (b, c, t, h, w) in [-1, 1], got shape {tuple(x.shape)}")
+        if x.ndim != 5 or x.shape[2] != protocol.num_frames:
+            raise ValueError(f"{role} videos: expected (b, c, {protocol.num_frames}, h, w) in [-1, 1] for protocol "
+                             f"{protocol.name}, got shape {tuple(x.shape)}")
         return video_tensor_to_uint8(x), dict(source="tensor", shape=list(x.shape))
     if isinstance(x, (str, Path)):
         return fake_clips(list_clip_sources(x), protocol), dict(source=str(Path(x).resolve()))

@@ -150,7 +150,7 @@ def test_real_clip_selection_is_seeded_one_per_video(ucf_tree, tmp_path):
     assert long_clips == [] and skipped["too_short"] == 9
 
 
-def test_fvd_batch_size_clip_order_and_cache(ucf_tree, perturbed, detector, tiny_protocol, tmp_path, monkeypatch):
+def test_fvd_batch_size_clip_order_cache_and_seed(ucf_tree, perturbed, detector, tiny_protocol, tmp_path, monkeypatch):
     kw = dict(protocol=tiny_protocol, detector=detector, device="cpu", progress=False, verbose=False)
     fakes = fvd.list_clip_sources(perturbed)
     first = compute_fvd(ucf_tree, fakes, batch_size=4, cache_dir=tmp_path, out=tmp_path / "r.json", **kw)
@@ -165,8 +165,8 @@ def test_fvd_batch_size_clip_order_and_cache(ucf_tree, perturbed, detector, tiny
     assert reordered.real["cache_hit"] is True
     assert reordered.fvd == pytest.approx(first.fvd, rel=1e-5)
     monkeypatch.undo()
-    uncached = compute_fvd(ucf_tree, fakes, batch_size=3, cache_dir=None, out=None, **kw)
-    assert uncached.fvd == pytest.approx(first.fvd, rel=1e-5)
+    uncached = compute_fvd(ucf_tree, fakes, batch_size=4, cache_dir=None, out=None, **kw)
+    assert uncached.fvd == first.fvd  # same seed, same clips, same batches: the same number, bit for bit
     # the JSON says what the number means
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["fvd"] == first.fvd and saved["label"] == RANDOM_LABEL and saved["complete"] is False
@@ -187,7 +187,7 @@ def test_fvd_published_protocols():
     assert latte.resolved_protocol().real_stride == 3 and latte.resolved_protocol().name == "fvd16[real_stride=3]"
 
 
-def test_fvd_identical_sets_is_zero_and_seeded_runs_agree(ucf_tree, perturbed, detector, tiny_protocol):
+def test_fvd_of_identical_sets_is_zero(ucf_tree, detector, tiny_protocol):
     kw = dict(protocol=tiny_protocol, detector=detector, device="cpu", progress=False, verbose=False, out=None)
     clips, _ = select_real_clips(fvd.real_source(ucf_tree).videos, tiny_protocol)
     videos = torch.stack([fvd.prepare_clip(fvd.read_clip(c), 32) for c in clips]) / 127.5 - 1  # b c t h w
@@ -195,9 +195,6 @@ def test_fvd_identical_sets_is_zero_and_seeded_runs_agree(ucf_tree, perturbed, d
     _, sigma = feature_stats(extract_features(fvd.video_tensor_to_uint8(videos), detector, 32, device="cpu",
                                               progress=False))
     assert abs(same.fvd) < 1e-5 * np.trace(sigma)  # zero up to sqrtm round-off
-    a = compute_fvd(ucf_tree, perturbed, cache_dir=None, **kw)
-    b = compute_fvd(ucf_tree, perturbed, cache_dir=None, **kw)
-    assert a.fvd == b.fvd and a.fvd > 1e3 * abs(same.fvd)  # same seed, same clips: the same number, bit for bit
 
 
 def _distributed_worker(rank: int, init_file: str, out_dir: str) -> None:
