@@ -25,9 +25,10 @@ Ablations (config ``decoupling``): ``concat`` -- X_k, X_m, X_r concatenated alon
 decoder returns the nine channels (Table 4, "Concat"); ``none`` -- no decoupling, one encoder and one decoder on
 RGB, i.e. exactly the ``plain`` baseline (Table 5, row 1).
 
-Groups of pictures (beyond the paper, its sec. 6 limitation): ``gop`` = frames per keyframe. Frame 0 and then
-frames ``1 + j * gop`` start a group whose keyframe is its first frame (aligned with the causal latent layout:
-latent frame 0 <-> frame 0, latent frame ``j`` <-> frames ``4j-3 .. 4j``). With ``gop`` set, ``encode`` and
+Groups of pictures (beyond the paper, its sec. 6 limitation): ``gop`` = frames per keyframe. Group 0 holds frames
+``0 .. gop`` (the lone first frame of the causal layout plus ``gop`` frames), group ``j >= 1`` frames
+``1 + j gop .. (j + 1) gop``; a group's keyframe is its first frame. Groups end on latent-frame boundaries (latent
+frame 0 <-> frame 0, latent frame ``i`` <-> frames ``4i-3 .. 4i``), and ``gop=16`` on 17-frame clips is the paper. With ``gop`` set, ``encode`` and
 ``decode`` run group by group through the causal cache (bounded memory) and equal the whole-clip result.
 ``gop=None`` (default) = one keyframe for the whole clip (the paper).
 """
@@ -174,7 +175,8 @@ class DeCoVAE(VideoVAE):
     def keyframe_index(self, t: int) -> int:
         """Index of the keyframe of frame ``t``: 0 for the whole clip, or the first frame of its group."""
         gop = self.config.gop
-        return 0 if gop is None or t == 0 else 1 + ((t - 1) // gop) * gop
+        group = 0 if gop is None or t == 0 else (t - 1) // gop  # group 0 = frames 0 .. gop, then gop frames each
+        return 0 if group == 0 else 1 + group * gop
 
     def _segments(self, start: int, length: int) -> list[tuple[int, slice]]:
         """Frames ``start .. start+length`` cut by group: [(keyframe index, slice relative to start)]."""

