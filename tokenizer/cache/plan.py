@@ -1,0 +1,113 @@
+"""The plan of a cache job: which clips, in which shard, on which rank, and the identity that fixes the bytes.
+
+Items are the dataset's clips in its fixed enumeration (item ``i`` = clip ``i % clips_per_video`` of usable video
+``i // clips_per_video``). Shard ``k`` holds items ``[k * items_per_shard, (k + 1) * items_per_shard)`` and is
+encoded by rank ``k % world_size`` in batches that never cross a shard boundary, so the bytes of a shard do not
+depend on the number of processes nor on where a killed run stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ConfigError, to_dict
+from ..data import DataConfig, VideoClipDataset, build_dataset
+from .config import CacheConfig, valid_frame_count
+from .manifest import identity_digest
+
+STORAGE_TORCH = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# data-config keys that change speed, never content: left out of the identity so that a restart may change them
+DATA_RUNTIME_KEYS = ("decode_threads", "probe_workers")
+
+
+@dataclass
+class CachePlan:
+    vae: torch.nn.Module
+    data_cfg: DataConfig  # with num_frames resolved by the VAE's frame rule
+    cfg: CacheConfig
+    dataset: VideoClipDataset
+    precision: str  # resolved encode precision (fp32 | bf16 | fp16)
+    copies: int  # 1, or 2 with flip copies
+    items_per_shard: int
+    num_shards: int
+    latent_shape: tuple[int, int, int, int]  # (C, T', H', W') of one clip
+    identity: dict
+    digest: str
+
+    @property
+    def num_items(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        return STORAGE_TORCH[self.cfg.dtype]
+
+    def shard_items(self, k: int) -> range:
+        return range(k * self.items_per_shard, min((k + 1) * self.items_per_shard, self.num_items))
+
+    def shards_of_rank(self, rank: int, world_size: int) -> list[int]:
+        return list(range(rank, self.num_shards, world_size))
+
+    def batches(self, shards: list[int]) -> list[tuple[int, list[int]]]:
+        """(shard, item indices) per VAE call: ``batch_size`` clips (flip copies included), within one shard."""
+        step = max(1, self.cfg.batch_size // self.copies)
+        out = []
+        for k in shards:
+            items = self.shard_items(k)
+            out += [(k, list(items[j:j + step])) for j in range(0, len(items), step)]
+        return out
+
+    def video_table(self) -> list[dict]:
+        return [{"path": v.path, "label": v.label, "frames": v.num_frames} for v in self.dataset.videos]
+
+
+def _videos_sha256(dataset: VideoClipDataset) -> str:
+    root = str(dataset.root) if dataset.root is not None else ""
+    rows = [[os.path.relpath(v.path, root) if root else v.path, v.label, v.num_frames] for v in dataset.videos]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def make_plan(vae, data_cfg: DataConfig, cfg: CacheConfig, precision: str, dataset=None) -> CachePlan:
+    """Resolve the clip length, probe the dataset, size the shards and compute the identity."""
+    if data_cfg.hflip:
+        raise ConfigError("hflip=true is a random training-time flip; a cache stores fixed clips: set hflip=false "
+                          "and flip_copies=true to cache the flipped copy of every clip as well")
+    num_frames = valid_frame_count(vae, data_cfg.num_frames, cfg.strict_frames)
+    spatial = vae.compression[1]
+    if data_cfg.resolution % spatial:
+        raise ConfigError(f"resolution={data_cfg.resolution} is not a multiple of {vae.name}'s spatial compression "
+                          f"{spatial}")
+    if cfg.chunk_size is not None and cfg.chunk_size % vae.compression[0]:
+        raise ConfigError(f"chunk_size={cfg.chunk_size} must be a multiple of {vae.name}'s temporal compression "
+                          f"{vae.compression[0]}")
+    data_cfg = dataclasses.replace(data_cfg, num_frames=num_frames)
+    dataset = dataset if dataset is not None else build_dataset(data_cfg)
+    latent_shape = tuple(vae.latent_shape(num_frames, data_cfg.resolution, data_cfg.resolution))
+    copies = 2 if cfg.flip_copies else 1
+    elem = torch.finfo(STORAGE_TORCH[cfg.dtype]).bits // 8
+    clip_bytes = math.prod(latent_shape) * elem * (2 if cfg.store_std else 1)
+    clips_per_shard = cfg.clips_per_shard or max(1, int(cfg.shard_size_mb * 2 ** 20 // clip_bytes))
+    items_per_shard = max(1, clips_per_shard // copies)
+    num_shards = math.ceil(len(dataset) / items_per_shard)
+    data_identity = {k: v for k, v in to_dict(data_cfg).items() if k not in DATA_RUNTIME_KEYS}
+    identity = {
+        "vae": {"name": vae.name, "config": to_dict(vae.config), "fingerprint": vae.fingerprint(),
+                "frame_rule": vae.frame_rule, "compression": list(vae.compression),
+                "latent_channels": vae.latent_channels, "scaling_factor": vae.scaling_factor,
+                "shift_factor": vae.shift_factor},
+        "data": data_identity,
+        "storage": {"dtype": cfg.dtype, "store_std": cfg.store_std, "flip_copies": cfg.flip_copies,
+                    "items_per_shard": items_per_shard, "precision": precision},
+        "dataset": {"items": len(dataset), "videos": len(dataset.videos), "videos_sha256": _videos_sha256(dataset)},
+        "num_frames": num_frames,
+        "latent_shape": list(latent_shape),
+    }
+    return CachePlan(vae=vae, data_cfg=data_cfg, cfg=cfg, dataset=dataset, precision=precision, copies=copies,
+                     items_per_shard=items_per_shard, num_shards=num_shards, latent_shape=latent_shape,
+                     identity=identity, digest=identity_digest(identity))
