@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", required=True, help="configs/tokenizer/*.yaml")
     p.add_argument("--dry-run", action="store_true", help="validate, build model and data, print, exit")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100 optim.lr=1e-4")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # options and key=value overrides in any order
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,11 +46,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         trainer = VAETrainer(cfg)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # ConfigError, FrameCountError, missing weights files
         print(f"error: {err}", file=sys.stderr)
         return 2
     if trainer.accelerator.is_main_process:
-        print_config(cfg)
+        print_config(cfg, file=sys.stdout)
     if args.dry_run:
         if trainer.accelerator.is_main_process:
             print(f"model {trainer.model.name}: {sum(p.numel() for p in trainer.model.parameters()):,} parameters, "

@@ -19,14 +19,23 @@ A checkpoint is complete or absent (written to a ``.partial`` folder and renamed
 and everything a bit-exact resume needs (weights, EMA, optimisers, schedulers, step, data position, RNG states
 of every process) is in it. See each module's docstring for the details.
 """
-from .data import BucketedStream, ClipStream, DataPosition, epoch_permutation
-from .ema import EMA
-from .guard import NonFiniteGuard, NonFiniteLossError
-from .monitor import RunMonitor
-from .rundir import RunDir
-from .samples import flow_to_rgb, motion_panels, side_by_side, write_panels
-from .state import capture_rng, derive_seed, restore_rng, seed_everything
+import importlib
 
-__all__ = ["RunDir", "EMA", "NonFiniteGuard", "NonFiniteLossError", "ClipStream", "BucketedStream", "DataPosition",
-           "epoch_permutation", "RunMonitor", "capture_rng", "restore_rng", "seed_everything", "derive_seed",
-           "flow_to_rgb", "motion_panels", "side_by_side", "write_panels"]
+# Names resolve lazily (PEP 562): a script that needs only the run directory does not pay for importing timm,
+# the data package or tqdm.
+_EXPORTS = {
+    "BucketedStream": "data", "ClipStream": "data", "DataPosition": "data", "epoch_permutation": "data",
+    "EMA": "ema", "NonFiniteGuard": "guard", "NonFiniteLossError": "guard", "RunMonitor": "monitor",
+    "RunDir": "rundir", "flow_to_rgb": "samples", "motion_panels": "samples", "side_by_side": "samples",
+    "write_panels": "samples", "capture_rng": "state", "derive_seed": "state", "restore_rng": "state",
+    "seed_everything": "state",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

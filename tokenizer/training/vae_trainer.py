@@ -144,10 +144,9 @@ class VAETrainer:
         validate(cfg)
         self.cfg = cfg
         t = cfg.train
-        self.run = None
         self.accelerator = accelerator or self._make_accelerator()
         acc = self.accelerator
-        self.run = RunDir.for_accelerator(t.run_dir, acc, keep_last=t.keep_last)
+        self.run: RunDir | None = None  # created by setup(): a dry run writes nothing
         self.device = acc.device
 
         # models (identical on every process: same seed; DDP also broadcasts rank 0's weights)
@@ -317,6 +316,7 @@ class VAETrainer:
     # --- setup: fresh start or resume ------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
+        self.run = RunDir.for_accelerator(t.run_dir, acc, keep_last=t.keep_last)
         changed = self.run.write_config(to_dict(cfg))
         ckpt = self.run.latest()
         if ckpt is None:
@@ -398,6 +398,7 @@ class VAETrainer:
         _, batch = self.stream.next(self.step)
         x = video_of(batch).to(self.device, non_blocking=True)
         self._apply_phase(step)
+        running = self._running_stats()  # forward passes move BatchNorm statistics: a skipped step restores them
         self.model_ddp.train()
         losses: dict[str, torch.Tensor] = {}
         with acc.autocast():
@@ -446,6 +447,9 @@ class VAETrainer:
         if self.opt_d is not None:
             self.opt_d.zero_grad(set_to_none=True)
         if not ok:
+            with torch.no_grad():
+                for buf, saved in running:
+                    buf.copy_(saved)
             return False
         self.step = step
         self.ema.update(acc.unwrap_model(self.model_ddp), step)
@@ -453,6 +457,15 @@ class VAETrainer:
         self.history.append(values)
         self._after_step(step, values, time.perf_counter() - t0)
         return True
+
+    def _running_stats(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(buffer, copy) of every BatchNorm running statistic of the model and the discriminator."""
+        out = []
+        for net in (self.model, self.disc):
+            for m in net.modules() if net is not None else ():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    out += [(b, b.detach().clone()) for b in m.buffers()]
+        return out
 
     def _sync_grads(self) -> None:
         """Average gradients over processes (the motion stage runs without a DDP wrapper)."""
