@@ -16,7 +16,9 @@ memory does not hide another's):
 - time: wall-clock seconds of encode and of decode, best of ``--repeat`` (after ``--warmup`` untimed passes);
 - memory: the process's peak resident set size (``ru_maxrss``: weights + activations + the Python/torch baseline)
   and its growth during encode + decode (peak RSS after minus peak RSS before the first pass);
-- FLOPs: counted by ``torch.utils.flop_counter`` on the meta device at the same shape (convs and matmuls).
+- FLOPs: counted by ``torch.utils.flop_counter`` on the meta device at the same shape (convs and matmuls);
+  ``--count-only`` prints parameters and FLOPs alone, without running anything. A model that cannot run on the
+  meta device is counted on CPU at 64 x 64 and scaled by the pixel count (marked ≈; exact for convolutions).
 
 Prints a Markdown table for BENCHMARKS.md with the machine, date and command.
 """
@@ -54,21 +56,40 @@ def _build(spec: str, device: str = "cpu"):
 
         model = getattr(diffusers, PEERS[name])().eval()
         return (model, lambda x: model.encode(x).latent_dist.mode(), lambda z: model.decode(z).sample, "causal",
-                (4, 8, 8), model.config.latent_channels)
+                (4, 8, 8), model.config.get("latent_channels", model.config.get("z_dim")))
 
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def measure(spec: str, frames: int, size: int, repeat: int, warmup: int) -> dict:
-    """Run in the child process: time, memory and FLOPs of one model on one clip."""
+def count(spec: str, frames: int, size: int) -> dict:
+    """Parameters and FLOPs of one model on one clip, on the meta device (nothing is computed)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    model, encode, decode, rule, compression, latent_channels = _build(spec, device="meta")
+    t = frames + 1 if rule == "causal" else frames
+    approx = False
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            decode(encode(torch.empty(1, 3, t, size, size, device="meta")))
+        flops = counter.get_total_flops()
+    except (RuntimeError, NotImplementedError):  # a model that cannot run on meta: count on CPU at 64 px, scale
+        model, encode, decode, *_ = _build(spec)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            decode(encode(torch.zeros(1, 3, t, 64, 64)))
+        flops, approx = counter.get_total_flops() * (size / 64) ** 2, True
+    return {"model": spec.split(":", 1)[1], "peer": spec.startswith("peer:"), "frames": t, "size": size,
+            "compression": "x".join(map(str, compression)), "latent_channels": latent_channels,
+            "params_M": sum(p.numel() for p in model.parameters()) / 1e6, "tflops": flops / 1e12,
+            "flops_approx": approx}
+
+
+def measure(spec: str, frames: int, size: int, repeat: int, warmup: int) -> dict:
+    """Run in the child process: time, memory and FLOPs of one model on one clip."""
     model, encode, decode, rule, compression, latent_channels = _build(spec)
     t = frames + 1 if rule == "causal" else frames
     clip = torch.rand(1, 3, t, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    params = sum(p.numel() for p in model.parameters())
     rss_before = _peak_rss_mib()
     enc_times, dec_times = [], []
     with torch.inference_mode():
@@ -84,14 +105,8 @@ def measure(spec: str, frames: int, size: int, repeat: int, warmup: int) -> dict
     rss_after = _peak_rss_mib()
     assert out.shape == clip.shape, (spec, tuple(out.shape), tuple(clip.shape))
     del model, z, out
-    meta_model, meta_encode, meta_decode, *_ = _build(spec, device="meta")
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        meta_decode(meta_encode(torch.empty(clip.shape, device="meta")))
     best = min(range(repeat), key=lambda i: enc_times[i] + dec_times[i])
-    return {"model": spec.split(":", 1)[1], "peer": spec.startswith("peer:"), "frames": t, "size": size,
-            "compression": "x".join(map(str, compression)), "latent_channels": latent_channels,
-            "params_M": params / 1e6, "tflops": counter.get_total_flops() / 1e12,
-            "encode_s": enc_times[best], "decode_s": dec_times[best],
+    return {**count(spec, frames, size), "encode_s": enc_times[best], "decode_s": dec_times[best],
             "peak_rss_mib": rss_after, "rss_growth_mib": rss_after - rss_before}
 
 
@@ -110,9 +125,10 @@ def table(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"| {name} | | | | | failed: {r['error']} | | | | |")
             continue
+        timed = (f"{r['encode_s']:.1f} | {r['decode_s']:.1f} | {r['encode_s'] + r['decode_s']:.1f} | "
+                 f"{r['peak_rss_mib']:.0f} | {r['rss_growth_mib']:.0f}") if "encode_s" in r else "- | - | - | - | -"
         lines.append(f"| {name} | {r['compression']} / {r['latent_channels']} | {r['frames']}x{r['size']}x{r['size']} "
-                     f"| {r['params_M']:.1f} | {r['tflops']:.2f} | {r['encode_s']:.1f} | {r['decode_s']:.1f} | "
-                     f"{r['encode_s'] + r['decode_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['rss_growth_mib']:.0f} |")
+                     f"| {r['params_M']:.1f} | {'≈' if r['flops_approx'] else ''}{r['tflops']:.2f} | {timed} |")
     return "\n".join(lines)
 
 
@@ -126,6 +142,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--count-only", action="store_true", help="parameters and FLOPs only (meta device, fast)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -141,6 +158,9 @@ def main() -> None:
           f"{args.threads or torch.get_num_threads()}", flush=True)
     rows = []
     for spec in specs:
+        if args.count_only:
+            rows.append(count(spec, args.frames, args.size))
+            continue
         cmd = [sys.executable, __file__, "--child", spec, "--frames", str(args.frames), "--size", str(args.size),
                "--repeat", str(args.repeat), "--warmup", str(args.warmup)]
         if args.threads:
