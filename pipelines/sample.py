@@ -1,0 +1,530 @@
+"""Sample videos from a trained Latte run, decode them with the run's VAE, write mp4 + JSON sidecars, score FVD16.
+
+    python pipelines/sample.py --vae deco --ckpt runs/latte-ucf101-deco --num-videos 2048 --fvd \
+        --detector i3d_pt --detector-path i3d_pretrained_400.pt
+    accelerate launch pipelines/sample.py ...            # several GPUs split the videos, FVD features are gathered
+    python -m pipelines.sample --vae sd --vae-path sd-vae-ft-ema --ckpt ucf101.pt --model Latte-XL/2 \
+        --num-classes 101 --latent-frames 16 --latent-size 32  # a released Latte checkpoint (SD-VAE latents)
+
+Reproducibility: video ``i`` has its own seed ``derive_seed(seed, i)``; its initial noise and every per-step noise
+of the sampler come from generators seeded by it, and its label from ``(seed, i)`` under the label rule, so a
+video does not depend on the batch size or on how many processes share the work (rank ``r`` of ``W`` takes
+indices ``r, r + W, ...``). Files: ``OUT/videos/NNNNNN.mp4`` (+ ``.json`` sidecar: seed, label, sampler, steps,
+cfg, checkpoint, VAE fingerprint), ``OUT/sample_settings.json`` (what every video in the folder shares; another
+setting into the same folder is refused), ``OUT/grid.gif`` (``--gif-grid``), ``OUT/fvd.json`` (``--fvd``).
+Re-running the same command skips every video whose mp4 and matching sidecar exist.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script (python pipelines/sample.py, accelerate launch): repo root on path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from tokenizer.io import state_dict_fingerprint, write_json
+from tokenizer.training.state import derive_seed
+
+SAMPLERS = ("ddpm", "ddim")
+LABEL_RULES = ("uniform", "balanced")
+SETTINGS_FILE = "sample_settings.json"
+VIDEO_DIR = "videos"
+
+
+class SampleError(ValueError):
+    """A sampling request that cannot be honoured as asked (clear message, exit code 2 from the CLI)."""
+
+
+class SourceError(ValueError):
+    """A checkpoint / VAE combination that cannot be sampled (wrong VAE for the run, missing file, mismatch)."""
+
+
+# ------------------------------------------------------------------------------------- the frame-wise SD VAE
+
+SD_SCALING_FACTOR = 0.18215  # Stable Diffusion's VAE; Latte multiplies its latents by it before diffusion
+
+
+class FramewiseImageVAE(torch.nn.Module):
+    """A diffusers ``AutoencoderKL`` (an image VAE) decoding a latent video frame by frame, as Latte does.
+
+    Latte's released UCF101 / SkyTimelapse checkpoints were trained on SD-VAE latents scaled by 0.18215 (4
+    channels, 8x spatial, no temporal compression); :meth:`decode` takes latents in that scaled space.
+    """
+
+    frame_rule = "in_sequence"
+
+    def __init__(self, model: torch.nn.Module, name: str = "sd", frames_per_call: int = 8):
+        super().__init__()
+        self.model, self.name, self.frames_per_call = model.eval(), name, frames_per_call
+        self.scaling_factor = float(getattr(model.config, "scaling_factor", None) or SD_SCALING_FACTOR)
+        self.latent_channels = int(model.config.latent_channels)
+        self.compression = (1, 2 ** (len(model.config.block_out_channels) - 1), 2 ** (len(model.config.block_out_channels) - 1))
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu") -> "FramewiseImageVAE":
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise SourceError(f"--vae-path {folder}: not a diffusers AutoencoderKL folder (no config.json); the SD "
+                              "VAE Latte used is published as stabilityai/sd-vae-ft-ema (or sd-vae-ft-mse) on the "
+                              "Hugging Face Hub: download it once and pass the folder")
+        from diffusers import AutoencoderKL
+
+        return cls(AutoencoderKL.from_pretrained(str(folder)).to(device))
+
+    def num_frames(self, num_latent_frames: int) -> int:
+        return num_latent_frames
+
+    def fingerprint(self) -> str:
+        return state_dict_fingerprint(self.model.state_dict())
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (b, c, t, h, w) scaled SD latents -> video (b, 3, t, 8h, 8w) in [-1, 1]."""
+        b = z.shape[0]
+        frames = rearrange(z, "b c t h w -> (b t) c h w") / self.scaling_factor
+        out = torch.cat([self.model.decode(chunk).sample for chunk in frames.split(self.frames_per_call)])
+        return rearrange(out, "(b t) c h w -> b c t h w", b=b)
+
+
+# ------------------------------------------------------------------------------------------ what is sampled
+
+@dataclass
+class LatteSource:
+    """A Latte model, its diffusion, the latent normalisation and the VAE that decodes: everything sampling needs."""
+
+    model: torch.nn.Module
+    diffusion: Any
+    vae: Any  # a tokenizer VideoVAE or a FramewiseImageVAE
+    normalizer: Any  # tokenizer.cache.LatentNormalizer (None: latents are used as they are)
+    latent_shape: tuple  # (c, t, h, w) of one latent video
+    num_classes: int
+    class_names: list
+    checkpoint: str
+    which: str
+    model_fingerprint: str
+    vae_name: str
+    vae_fingerprint: str
+    data_config: Any = None  # the run's DataConfig (real videos of FVD)
+    train_steps: Optional[int] = None
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.vae.num_frames(self.latent_shape[1]))
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.normalizer is None else self.normalizer.denormalize(x)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z)
+
+    @torch.no_grad()
+    def sample(self, noise: torch.Tensor, y: Optional[torch.Tensor], sampler: str, steps: int, cfg_scale: float,
+               generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """Latents (b, c, t, h, w) in diffusion space from initial noise x_T and per-video step generators."""
+        from diffusion import samplers
+
+        fn = {"ddpm": samplers.ddpm_sample, "ddim": samplers.ddim_sample}[sampler]
+        return fn(self.model, tuple(noise.shape), self.diffusion, steps=steps, noise=noise, generator=list(generators),
+                  y=y, cfg_scale=cfg_scale, progress=False)
+
+
+def load_cache_vae(vae_name: str, manifest: dict, vae_ckpt: Optional[str], recorded: Optional[str],
+                   device: torch.device):
+    """The VAE whose latents the run trained on, checked against the cache manifest's name and fingerprint."""
+    from tokenizer import build_vae, load_vae
+
+    ident = manifest["identity"]["vae"]
+    if vae_name != ident["name"]:
+        raise SourceError(f"--vae {vae_name}: this Latte run was trained on latents of VAE '{ident['name']}' "
+                          f"(fingerprint {ident['fingerprint'][:16]}...); sample it with --vae {ident['name']}")
+    if vae_ckpt is not None and not Path(vae_ckpt).exists():
+        raise SourceError(f"--vae-ckpt {vae_ckpt}: no such file or folder")
+    candidates = [c for c in (vae_ckpt, recorded, manifest.get("vae_source")) if c and Path(c).exists()]
+    vae = load_vae(candidates[0], device=str(device)) if candidates else build_vae(vae_name).to(device).eval()
+    where = candidates[0] if candidates else f"build_vae('{vae_name}') (no weights file recorded or given)"
+    if vae.name != ident["name"] or vae.fingerprint() != ident["fingerprint"]:
+        raise SourceError(f"the VAE from {where} ('{vae.name}', fingerprint {vae.fingerprint()[:16]}...) is not the "
+                          f"one the run's latent cache was made with ('{ident['name']}', fingerprint "
+                          f"{ident['fingerprint'][:16]}...): decoding would give garbage; pass its weights with "
+                          "--vae-ckpt")
+    return vae
+
+
+def open_source(ckpt: str | Path, vae: str, vae_ckpt: Optional[str] = None, vae_path: Optional[str] = None,
+                which: str = "ema", model: Optional[str] = None, num_classes: int = 0, latent_frames: int = 16,
+                latent_size: int = 32, device: str | torch.device = "cpu") -> LatteSource:
+    """A Latte run folder (this toolkit's) or, with ``vae='sd'``, a released Latte checkpoint file."""
+    device = torch.device(device)
+    ckpt = Path(ckpt)
+    if not ckpt.exists():
+        raise SourceError(f"--ckpt {ckpt}: no such Latte run folder or checkpoint file")
+    if ckpt.is_file():
+        return _open_released(ckpt, vae, vae_path, model, num_classes, latent_frames, latent_size, device)
+    if vae == "sd":
+        raise SourceError(f"--vae sd samples released Latte checkpoint files (SD-VAE latents); {ckpt} is a run "
+                          "folder of this toolkit, trained on a latent cache: pass that cache's VAE name")
+    return _open_run(ckpt, vae, vae_ckpt, which, device)
+
+
+def _open_released(ckpt: Path, vae: str, vae_path: Optional[str], model: Optional[str], num_classes: int,
+                   latent_frames: int, latent_size: int, device: torch.device) -> LatteSource:
+    from diffusion import LATTE_NAMES, build_latte
+    from diffusion.gaussian_diffusion import GaussianDiffusion
+    from tokenizer.io import load_state_dict_file
+
+    if vae != "sd" or not vae_path:
+        raise SourceError(f"--ckpt {ckpt} is a checkpoint file: released Latte checkpoints are sampled with "
+                          "--vae sd --vae-path <diffusers AutoencoderKL folder>")
+    if model not in LATTE_NAMES:
+        raise SourceError(f"--model: a released checkpoint needs its Latte preset, one of {', '.join(LATTE_NAMES)}")
+    decoder = FramewiseImageVAE.from_folder(vae_path, device)
+    c = decoder.latent_channels
+    net = build_latte(model, in_channels=c, num_classes=num_classes, num_frames=latent_frames, input_size=latent_size)
+    state = load_state_dict_file(ckpt)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise SourceError(f"{ckpt} does not fit {model} with {c} channels, {num_classes} classes, {latent_frames} "
+                          f"frames, {latent_size} px latents: {str(err).splitlines()[0]}") from None
+    return LatteSource(net.to(device).eval(), GaussianDiffusion(), decoder, None, (c, latent_frames, latent_size,
+                       latent_size), num_classes, [], str(ckpt.resolve()), "file", state_dict_fingerprint(state),
+                       "sd", decoder.fingerprint())
+
+
+def _open_run(run_dir: Path, vae: str, vae_ckpt: Optional[str], which: str, device: torch.device) -> LatteSource:
+    from diffusion.training import load_latte_run
+
+    run = load_latte_run(run_dir, which=which)
+    manifest = run.manifest
+    decoder = load_cache_vae(vae, manifest, vae_ckpt, run.vae_ckpt, device)
+    from tokenizer.config import from_dict
+    from tokenizer.data import DataConfig
+
+    data = from_dict(DataConfig, manifest["data"], source=f"{run_dir} cache manifest") if manifest.get("data") else None
+    return LatteSource(run.model.to(device).eval(), run.diffusion, decoder, run.normalizer,
+                       tuple(manifest["identity"]["latent_shape"]), run.num_classes,
+                       list(manifest.get("class_names") or []), str(run_dir.resolve()), which,
+                       state_dict_fingerprint(run.model.state_dict()), decoder.name, decoder.fingerprint(),
+                       data, run.step)
+
+
+# ------------------------------------------------------------------------------------------- seeds and labels
+
+def video_seed(seed: int, index: int) -> int:
+    """The seed of video ``index``: a function of (seed, index) only."""
+    return derive_seed(seed, index)
+
+
+def video_label(rule: str | Sequence[int], seed: int, index: int, num_classes: int) -> Optional[int]:
+    """Class label of video ``index``: ``uniform`` (Latte's protocol: uniformly random, drawn from (seed, index)),
+    ``balanced`` (index mod num_classes: equal counts per class), or a given list (cycled). None if unconditional."""
+    if num_classes == 0:
+        return None
+    if isinstance(rule, str):
+        if rule == "uniform":
+            return int(np.random.default_rng([seed, index, 1]).integers(num_classes))
+        if rule == "balanced":
+            return index % num_classes
+        raise SampleError(f"unknown label rule '{rule}': choose {', '.join(LABEL_RULES)} or a list of labels")
+    return int(rule[index % len(rule)])
+
+
+def parse_labels(text: str, num_classes: int, class_names: Sequence[str] = ()) -> str | list[int]:
+    """``uniform`` | ``balanced`` | ``3,7,12`` | ``Biking,PlayingGuitar`` (class names of the run's dataset)."""
+    if text in LABEL_RULES:
+        return text
+    if num_classes == 0:
+        raise SampleError(f"--labels {text}: the run is unconditional (no classes)")
+    labels = []
+    for tok in (t.strip() for t in text.split(",") if t.strip()):
+        if tok.lstrip("-").isdigit():
+            labels.append(int(tok))
+        elif tok in class_names:
+            labels.append(list(class_names).index(tok))
+        else:
+            raise SampleError(f"--labels: '{tok}' is neither a label rule ({', '.join(LABEL_RULES)}), a class index "
+                              f"nor a class name of the run's dataset")
+    bad = [y for y in labels if not 0 <= y < num_classes]
+    if not labels or bad:
+        raise SampleError(f"--labels: class indices must lie in [0, {num_classes}), got {bad or text!r}")
+    return labels
+
+
+# -------------------------------------------------------------------------------------------------- settings
+
+@dataclass
+class SampleSettings:
+    """What every video of an output folder shares (the sidecar of each video repeats it)."""
+
+    checkpoint: str
+    weights: str  # ema | raw | file
+    model_fingerprint: str
+    vae: str
+    vae_fingerprint: str
+    sampler: str
+    steps: int
+    cfg_scale: float
+    labels: Any  # rule name or list
+    seed: int
+    num_frames: int
+    fps: float
+    latent_shape: list = field(default_factory=list)
+
+    def diff(self, other: dict) -> list[str]:
+        mine = json.loads(json.dumps(asdict(self)))
+        return [f"{k}: folder has {other.get(k)!r}, this run has {v!r}" for k, v in mine.items() if other.get(k) != v]
+
+
+def check_out_dir(out: Path, settings: SampleSettings) -> None:
+    """Refuse to mix videos of different settings in one folder; record the settings in a new one."""
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        diff = settings.diff(json.loads(path.read_text()))
+        if diff:
+            raise SampleError(f"{out} holds videos sampled with other settings; use another --out, or the same "
+                              "settings to resume:\n  " + "\n  ".join(diff))
+    elif (out / VIDEO_DIR).is_dir() and any((out / VIDEO_DIR).iterdir()):
+        raise SampleError(f"{out / VIDEO_DIR} is not empty but {out} has no {SETTINGS_FILE}: not a sample.py folder")
+
+
+def video_paths(out: Path, index: int) -> tuple[Path, Path]:
+    return out / VIDEO_DIR / f"{index:06d}.mp4", out / VIDEO_DIR / f"{index:06d}.json"
+
+
+def sidecar(settings: SampleSettings, index: int, label: Optional[int], class_names: Sequence[str]) -> dict:
+    name = class_names[label] if label is not None and label < len(class_names) else None
+    return dict(kind="sample_video", index=index, seed=video_seed(settings.seed, index), label=label,
+                label_name=name, **asdict(settings))
+
+
+def is_done(out: Path, expected: dict) -> bool:
+    """Video written by an earlier run with exactly these settings, seed and label (mp4 then sidecar, atomically)."""
+    mp4, meta = video_paths(out, expected["index"])
+    if not (mp4.is_file() and meta.is_file()):
+        return False
+    try:
+        return json.loads(meta.read_text()) == json.loads(json.dumps(expected))
+    except json.JSONDecodeError:
+        return False
+
+
+# -------------------------------------------------------------------------------------------------- sampling
+
+@torch.no_grad()
+def sample_batch(source: LatteSource, seeds: Sequence[int], labels: Sequence[Optional[int]], sampler: str,
+                 steps: int, cfg_scale: float, device: torch.device) -> torch.Tensor:
+    """Videos (b, 3, T, H, W) in [-1, 1] for the given per-video seeds and labels (b = len(seeds)).
+
+    Video j's initial noise comes from ``Generator(seeds[j])``, its per-step noise from ``Generator(derive_seed(
+    seeds[j], 1))``: nothing depends on the other videos of the batch.
+    """
+    shape = tuple(source.latent_shape)  # (c, t, h, w)
+    noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    step_gens = [torch.Generator(device=device).manual_seed(derive_seed(s, 1)) for s in seeds]
+    y = None if source.num_classes == 0 else torch.tensor([int(l) for l in labels], device=device)
+    x = source.sample(noise.to(device), y, sampler, steps, cfg_scale, step_gens)  # (b, c, t, h, w) diffusion space
+    z = source.denormalize(x)  # the VAE's latent space
+    return source.decode(z).clamp(-1, 1)
+
+
+def write_grid(out: Path, indices: Sequence[int], fps: float, max_videos: int = 16) -> Optional[Path]:
+    """A GIF grid of the first written videos (read back from their mp4s), ceil(sqrt(n)) columns."""
+    from tokenizer.data.video_io import read_video_frames, video_num_frames, write_video
+
+    paths = [video_paths(out, i)[0] for i in sorted(indices)[:max_videos]]
+    paths = [p for p in paths if p.is_file()]
+    if not paths:
+        return None
+    clips = [read_video_frames(p, range(video_num_frames(p))) for p in paths]  # (t, h, w, c) uint8 each
+    t = min(c.shape[0] for c in clips)
+    cols = int(np.ceil(np.sqrt(len(clips))))
+    blank = torch.zeros_like(clips[0][:t])
+    tiles = [c[:t] for c in clips] + [blank] * (cols * int(np.ceil(len(clips) / cols)) - len(clips))
+    grid = rearrange(torch.stack(tiles), "(gr gc) t h w c -> t (gr h) (gc w) c", gc=cols)
+    return write_video(out / "grid.gif", grid.contiguous(), fps=fps)
+
+
+def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler: str = "ddpm", steps: int = 250,
+                  cfg_scale: float = 1.0, labels: str | Sequence[int] = "uniform", seed: int = 0,
+                  batch_size: int = 4, fps: float = 8.0, gif_grid: bool = False, progress: bool = True,
+                  rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu") -> dict:
+    """Sample videos ``0 .. num_videos - 1`` into ``out`` (this process: indices ``rank, rank + W, ...``).
+
+    Returns ``{"written": [...], "skipped": [...], "paths": [mp4 of every index], "settings": ...}``; videos already
+    in ``out`` with the same settings are skipped, so an interrupted run continues where it stopped.
+    """
+    from tqdm import tqdm
+
+    from tokenizer.data.video_io import video_to_uint8, write_video
+
+    out, device = Path(out), torch.device(device)
+    if sampler not in SAMPLERS:
+        raise SampleError(f"unknown sampler '{sampler}': choose {', '.join(SAMPLERS)}")
+    if num_videos < 1 or batch_size < 1 or steps < 1:
+        raise SampleError("--num-videos, --batch-size and --steps must be >= 1")
+    settings = SampleSettings(
+        checkpoint=source.checkpoint, weights=source.which, model_fingerprint=source.model_fingerprint,
+        vae=source.vae_name, vae_fingerprint=source.vae_fingerprint, sampler=sampler, steps=int(steps),
+        cfg_scale=float(cfg_scale), labels=labels if isinstance(labels, str) else list(map(int, labels)),
+        seed=int(seed), num_frames=source.num_frames, fps=float(fps), latent_shape=list(source.latent_shape))
+    check_out_dir(out, settings)
+    if rank == 0 and not (out / SETTINGS_FILE).is_file():
+        write_json(out / SETTINGS_FILE, asdict(settings))
+    mine = list(range(rank, num_videos, world_size))
+    expected = {i: sidecar(settings, i, video_label(labels, seed, i, source.num_classes), source.class_names)
+                for i in mine}
+    todo = [i for i in mine if not is_done(out, expected[i])]
+    skipped = [i for i in mine if i not in todo]
+    bar = tqdm(total=len(todo), desc="videos", unit="video", disable=not progress or rank != 0)
+    for k in range(0, len(todo), batch_size):
+        batch = todo[k:k + batch_size]
+        videos = sample_batch(source, [expected[i]["seed"] for i in batch], [expected[i]["label"] for i in batch],
+                              sampler, steps, cfg_scale, device)
+        for i, video in zip(batch, videos):
+            mp4, meta = video_paths(out, i)
+            write_video(mp4, video_to_uint8(video), fps=fps)  # atomic; the sidecar after it marks it done
+            write_json(meta, expected[i])
+        bar.update(len(batch))
+    bar.close()
+    grid = write_grid(out, range(num_videos), fps) if gif_grid and rank == 0 else None
+    return dict(written=todo, skipped=skipped, paths=[video_paths(out, i)[0] for i in range(num_videos)],
+                settings=settings, grid=grid)
+
+
+def fvd_record(result: Any, source: LatteSource, settings: SampleSettings, num_videos: int) -> dict:
+    """What ``OUT/fvd.json`` holds; :mod:`pipelines.report` reads it (``kind: latte_fvd``)."""
+    return dict(kind="latte_fvd", vae=source.vae_name, vae_fingerprint=source.vae_fingerprint,
+                checkpoint=source.checkpoint, weights=source.which, train_steps=source.train_steps,
+                num_videos=num_videos, settings=asdict(settings), fvd=result.to_dict())
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipelines.sample", description=__doc__.split("\n\n")[0])
+    p.add_argument("--vae", required=True, help="registry name of the run's VAE (checked), or 'sd' (+ --vae-path)")
+    p.add_argument("--vae-ckpt", help="VAE weights (folder / run / file); default: the one recorded by the cache")
+    p.add_argument("--vae-path", help="--vae sd: a local diffusers AutoencoderKL folder (e.g. sd-vae-ft-ema)")
+    p.add_argument("--ckpt", required=True, help="Latte run folder (or, with --vae sd, a released checkpoint file)")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="which weights of the run (default ema)")
+    p.add_argument("--num-videos", type=int, default=16)
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
+    p.add_argument("--steps", type=int, default=250, help="respaced sampling steps (Latte: DDPM 250)")
+    p.add_argument("--cfg-scale", type=float, default=None,
+                   help="classifier-free guidance on eps (default: 7.0 for class-conditional runs, 1.0 otherwise)")
+    p.add_argument("--labels", default="uniform", help="uniform | balanced | comma list of class indices or names")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--out", default=None, help="output folder (default: RUN/samples/<sampler>-<steps>-cfg<scale>)")
+    p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--gif-grid", action="store_true", help="also write a GIF grid of the first 16 videos")
+    p.add_argument("--fvd", action="store_true", help="FVD16 against the run's dataset after sampling")
+    p.add_argument("--fvd-protocol", default="fvd16")
+    p.add_argument("--fvd-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a protocol field (e.g. num_real=512); the result's protocol name records it")
+    p.add_argument("--fvd-real", help="real videos for FVD (data config YAML or folder); default: the run's data")
+    p.add_argument("--detector", default="i3d_pt", help="i3d_pt | i3d_torchscript | random (labelled)")
+    p.add_argument("--detector-path", help="detector weights file (else $VIDTOK_I3D_PATH)")
+    p.add_argument("--fvd-stats-dir", default="outputs/fvd_stats", help="cache of real-data statistics")
+    p.add_argument("--model", help="released checkpoint only: Latte preset, e.g. Latte-XL/2")
+    p.add_argument("--num-classes", type=int, default=0, help="released checkpoint only (UCF101: 101)")
+    p.add_argument("--latent-frames", type=int, default=16, help="released checkpoint only")
+    p.add_argument("--latent-size", type=int, default=32, help="released checkpoint only")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the resolved settings only")
+    return p
+
+
+def _fvd_args(args: argparse.Namespace, source: LatteSource, device: torch.device) -> tuple[Any, Any, Any]:
+    """Validate the FVD request before any sampling: protocol, detector file, real data."""
+    from pipelines.fvd import get_protocol
+    from pipelines.i3d import build_detector
+
+    overrides = {}
+    for item in args.fvd_set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SampleError(f"--fvd-set expects KEY=VALUE, got {item!r}")
+        overrides[key] = int(value)
+    try:
+        protocol = get_protocol(args.fvd_protocol, **overrides)
+    except TypeError as err:
+        raise SampleError(f"--fvd-set: {err}") from None
+    frames_needed = (protocol.num_frames - 1) * protocol.fake_stride + 1
+    if source.num_frames < frames_needed:
+        raise SampleError(f"FVD protocol {protocol.name} needs {frames_needed} frames per generated video; this run "
+                          f"makes {source.num_frames}")
+    real = args.fvd_real or source.data_config
+    if real is None:
+        raise SampleError("--fvd: the checkpoint records no dataset; give the real videos with --fvd-real")
+    if isinstance(real, str) and not Path(real).exists():
+        raise SampleError(f"--fvd-real: no such data config or folder: {real}")
+    detector = build_detector(args.detector, args.detector_path, device)  # a missing weights file stops here
+    return protocol, detector, real
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from accelerate import PartialState
+
+    from tokenizer.config import ConfigError
+
+    state = PartialState()  # one process, or the ranks of `accelerate launch`
+    device = state.device if args.device == "auto" else torch.device(args.device)
+    try:
+        source = open_source(args.ckpt, vae=args.vae, vae_ckpt=args.vae_ckpt, vae_path=args.vae_path,
+                             which=args.weights, model=args.model, num_classes=args.num_classes,
+                             latent_frames=args.latent_frames, latent_size=args.latent_size, device=device)
+        labels = parse_labels(args.labels, source.num_classes, source.class_names)
+        cfg_scale = args.cfg_scale if args.cfg_scale is not None else (7.0 if source.num_classes else 1.0)
+        out = Path(args.out) if args.out else Path(args.ckpt) / "samples" / f"{args.sampler}-{args.steps}-cfg{cfg_scale:g}"
+        if out.exists() and not out.is_dir():
+            raise SampleError(f"--out {out} exists and is not a folder")
+        fvd = _fvd_args(args, source, device) if args.fvd else None
+    except (SampleError, SourceError, ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if state.is_main_process:
+        resolved = dict(checkpoint=source.checkpoint, weights=source.which, vae=source.vae_name,
+                        vae_fingerprint=source.vae_fingerprint, latent_shape=list(source.latent_shape),
+                        num_frames=source.num_frames, num_classes=source.num_classes, num_videos=args.num_videos,
+                        sampler=args.sampler, steps=args.steps, cfg_scale=cfg_scale, labels=labels, seed=args.seed,
+                        batch_size=args.batch_size, processes=state.num_processes, out=str(out),
+                        fvd=None if fvd is None else dict(protocol=fvd[0].name, detector=fvd[1].info.to_dict(),
+                                                          real=str(fvd[2])))
+        print("--- resolved sampling settings ---\n" + json.dumps(resolved, indent=2, default=str) + "\n---")
+    if args.dry_run:
+        return 0
+    try:
+        result = sample_videos(source, out, args.num_videos, args.sampler, args.steps, cfg_scale, labels, args.seed,
+                               args.batch_size, args.fps, args.gif_grid, rank=state.process_index,
+                               world_size=state.num_processes, device=device)
+    except SampleError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    state.wait_for_everyone()
+    if state.is_main_process:
+        print(f"{args.num_videos} videos in {out / VIDEO_DIR} ({len(result['skipped'])} already there on this rank)")
+    if fvd is not None:
+        from pipelines.fvd import compute_fvd
+
+        protocol, detector, real = fvd
+        res = compute_fvd(real, [str(p) for p in result["paths"]], protocol, detector, batch_size=args.batch_size,
+                          device=device, cache_dir=args.fvd_stats_dir, out=None)
+        if state.is_main_process:
+            write_json(out / "fvd.json", fvd_record(res, source, result["settings"], args.num_videos))
+            print(f"FVD result saved to {out / 'fvd.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
