@@ -139,23 +139,32 @@ class LatteSource:
 
 def load_cache_vae(vae_name: str, manifest: dict, vae_ckpt: Optional[str], recorded: Optional[str],
                    device: torch.device):
-    """The VAE whose latents the run trained on, checked against the cache manifest's name and fingerprint."""
-    from tokenizer import build_vae, load_vae
+    """The VAE whose latents the run trained on, checked against the cache manifest's name and fingerprint.
+
+    ``vae_ckpt`` (``--vae-ckpt``) must have the cache's fingerprint; without it the VAE is found as the training
+    script finds it (:func:`diffusion.latte_run.cache_vae`: the run's recorded ckpt, the cache's ``vae_source``, or
+    the preset rebuilt under the cache job's seed), always verified by fingerprint.
+    """
+    from diffusion.latte_run import cache_vae
+    from tokenizer import load_vae
+    from tokenizer.cache import CacheError
 
     ident = manifest["identity"]["vae"]
     if vae_name != ident["name"]:
         raise SourceError(f"--vae {vae_name}: this Latte run was trained on latents of VAE '{ident['name']}' "
                           f"(fingerprint {ident['fingerprint'][:16]}...); sample it with --vae {ident['name']}")
-    if vae_ckpt is not None and not Path(vae_ckpt).exists():
+    if vae_ckpt is None:
+        try:
+            return cache_vae(manifest, recorded, device=device)
+        except CacheError as err:
+            raise SourceError(f"{err} (or pass the weights with --vae-ckpt)") from None
+    if not Path(vae_ckpt).exists():
         raise SourceError(f"--vae-ckpt {vae_ckpt}: no such file or folder")
-    candidates = [c for c in (vae_ckpt, recorded, manifest.get("vae_source")) if c and Path(c).exists()]
-    vae = load_vae(candidates[0], device=str(device)) if candidates else build_vae(vae_name).to(device).eval()
-    where = candidates[0] if candidates else f"build_vae('{vae_name}') (no weights file recorded or given)"
+    vae = load_vae(vae_ckpt, device=str(device))
     if vae.name != ident["name"] or vae.fingerprint() != ident["fingerprint"]:
-        raise SourceError(f"the VAE from {where} ('{vae.name}', fingerprint {vae.fingerprint()[:16]}...) is not the "
-                          f"one the run's latent cache was made with ('{ident['name']}', fingerprint "
-                          f"{ident['fingerprint'][:16]}...): decoding would give garbage; pass its weights with "
-                          "--vae-ckpt")
+        raise SourceError(f"--vae-ckpt {vae_ckpt} ('{vae.name}', fingerprint {vae.fingerprint()[:16]}...) is not the "
+                          f"VAE the run's latent cache was made with ('{ident['name']}', fingerprint "
+                          f"{ident['fingerprint'][:16]}...): its decoded samples would be garbage")
     return vae
 
 
@@ -201,20 +210,28 @@ def _open_released(ckpt: Path, vae: str, vae_path: Optional[str], model: Optiona
 
 
 def _open_run(run_dir: Path, vae: str, vae_ckpt: Optional[str], which: str, device: torch.device) -> LatteSource:
-    from diffusion.training import load_latte_run
-
-    run = load_latte_run(run_dir, which=which)
-    manifest = run.manifest
-    decoder = load_cache_vae(vae, manifest, vae_ckpt, run.vae_ckpt, device)
+    from diffusion.latte_run import load_latte_run
     from tokenizer.config import from_dict
     from tokenizer.data import DataConfig
 
+    try:
+        run = load_latte_run(run_dir, which=which, device=device)
+    except (FileNotFoundError, ValueError) as err:
+        raise SourceError(f"--ckpt {run_dir}: {err}") from None
+    manifest = run.manifest
+    decoder = load_cache_vae(vae, manifest, vae_ckpt, run.record["vae"].get("ckpt"), device)
     data = from_dict(DataConfig, manifest["data"], source=f"{run_dir} cache manifest") if manifest.get("data") else None
-    return LatteSource(run.model.to(device).eval(), run.diffusion, decoder, run.normalizer,
-                       tuple(manifest["identity"]["latent_shape"]), run.num_classes,
-                       list(manifest.get("class_names") or []), str(run_dir.resolve()), which,
-                       state_dict_fingerprint(run.model.state_dict()), decoder.name, decoder.fingerprint(),
-                       data, run.step)
+    return LatteSource(run.model, build_diffusion(run.record["diffusion"]), decoder, run.normalizer,
+                       tuple(run.latent_shape), run.num_classes, list(run.record.get("class_names") or []),
+                       str(run.checkpoint.resolve()), which, state_dict_fingerprint(run.model.state_dict()),
+                       decoder.name, decoder.fingerprint(), data, run.step)
+
+
+def build_diffusion(record: dict):
+    """The run's Gaussian diffusion (1000-step linear schedule, eps + learned-range variance by default)."""
+    from diffusion.gaussian_diffusion import GaussianDiffusion
+
+    return GaussianDiffusion(**record)
 
 
 # ------------------------------------------------------------------------------------------- seeds and labels
