@@ -301,6 +301,15 @@ class SampleSettings:
         return [f"{k}: folder has {other.get(k)!r}, this run has {v!r}" for k, v in mine.items() if other.get(k) != v]
 
 
+def make_settings(source: "LatteSource", sampler: str, steps: int, cfg_scale: float, labels: str | Sequence[int],
+                  seed: int, fps: float) -> SampleSettings:
+    return SampleSettings(
+        checkpoint=source.checkpoint, weights=source.which, model_fingerprint=source.model_fingerprint,
+        vae=source.vae_name, vae_fingerprint=source.vae_fingerprint, sampler=sampler, steps=int(steps),
+        cfg_scale=float(cfg_scale), labels=labels if isinstance(labels, str) else list(map(int, labels)),
+        seed=int(seed), num_frames=source.num_frames, fps=float(fps), latent_shape=list(source.latent_shape))
+
+
 def check_out_dir(out: Path, settings: SampleSettings) -> None:
     """Refuse to mix videos of different settings in one folder; record the settings in a new one."""
     path = out / SETTINGS_FILE
@@ -346,7 +355,7 @@ def sample_batch(source: LatteSource, seeds: Sequence[int], labels: Sequence[Opt
     """
     shape = tuple(source.latent_shape)  # (c, t, h, w)
     noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    step_gens = [torch.Generator(device=device).manual_seed(derive_seed(s, 1)) for s in seeds]
+    step_gens = [torch.Generator().manual_seed(derive_seed(s, 1)) for s in seeds]  # CPU: same draws on any device
     y = None if source.num_classes == 0 else torch.tensor([int(l) for l in labels], device=device)
     x = source.sample(noise.to(device), y, sampler, steps, cfg_scale, step_gens)  # (b, c, t, h, w) diffusion space
     z = source.denormalize(x)  # the VAE's latent space
@@ -388,11 +397,7 @@ def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler
         raise SampleError(f"unknown sampler '{sampler}': choose {', '.join(SAMPLERS)}")
     if num_videos < 1 or batch_size < 1 or steps < 1:
         raise SampleError("--num-videos, --batch-size and --steps must be >= 1")
-    settings = SampleSettings(
-        checkpoint=source.checkpoint, weights=source.which, model_fingerprint=source.model_fingerprint,
-        vae=source.vae_name, vae_fingerprint=source.vae_fingerprint, sampler=sampler, steps=int(steps),
-        cfg_scale=float(cfg_scale), labels=labels if isinstance(labels, str) else list(map(int, labels)),
-        seed=int(seed), num_frames=source.num_frames, fps=float(fps), latent_shape=list(source.latent_shape))
+    settings = make_settings(source, sampler, steps, cfg_scale, labels, seed, fps)
     check_out_dir(out, settings)
     if rank == 0 and not (out / SETTINGS_FILE).is_file():
         write_json(out / SETTINGS_FILE, asdict(settings))
@@ -412,7 +417,8 @@ def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler
             write_json(meta, expected[i])
         bar.update(len(batch))
     bar.close()
-    grid = write_grid(out, range(num_videos), fps) if gif_grid and rank == 0 else None
+    # the grid needs every rank's videos: with several processes the caller writes it after a barrier (see main)
+    grid = write_grid(out, range(num_videos), fps) if gif_grid and world_size == 1 else None
     return dict(written=todo, skipped=skipped, paths=[video_paths(out, i)[0] for i in range(num_videos)],
                 settings=settings, grid=grid)
 
@@ -503,9 +509,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                              latent_frames=args.latent_frames, latent_size=args.latent_size, device=device)
         labels = parse_labels(args.labels, source.num_classes, source.class_names)
         cfg_scale = args.cfg_scale if args.cfg_scale is not None else (7.0 if source.num_classes else 1.0)
-        out = Path(args.out) if args.out else Path(args.ckpt) / "samples" / f"{args.sampler}-{args.steps}-cfg{cfg_scale:g}"
+        default_out = Path(args.ckpt) if Path(args.ckpt).is_dir() else Path(args.ckpt).parent
+        out = Path(args.out) if args.out else default_out / "samples" / f"{args.sampler}-{args.steps}-cfg{cfg_scale:g}"
         if out.exists() and not out.is_dir():
             raise SampleError(f"--out {out} exists and is not a folder")
+        if args.num_videos < 1 or args.batch_size < 1 or args.steps < 1:
+            raise SampleError("--num-videos, --batch-size and --steps must be >= 1")
+        check_out_dir(out, make_settings(source, args.sampler, args.steps, cfg_scale, labels, args.seed, args.fps))
         fvd = _fvd_args(args, source, device) if args.fvd else None
     except (SampleError, SourceError, ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -523,14 +533,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         result = sample_videos(source, out, args.num_videos, args.sampler, args.steps, cfg_scale, labels, args.seed,
-                               args.batch_size, args.fps, args.gif_grid, rank=state.process_index,
+                               args.batch_size, args.fps, gif_grid=False, rank=state.process_index,
                                world_size=state.num_processes, device=device)
     except SampleError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    state.wait_for_everyone()
+    state.wait_for_everyone()  # every rank's videos are on disk
     if state.is_main_process:
-        print(f"{args.num_videos} videos in {out / VIDEO_DIR} ({len(result['skipped'])} already there on this rank)")
+        grid = write_grid(out, range(args.num_videos), args.fps) if args.gif_grid else None
+        print(f"{args.num_videos} videos in {out / VIDEO_DIR} ({len(result['skipped'])} already there on this rank)"
+              + (f"; grid {grid}" if grid else ""))
     if fvd is not None:
         from pipelines.fvd import compute_fvd
 
