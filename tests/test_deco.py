@@ -86,8 +86,8 @@ def test_one_shared_decoder_serves_the_three_latents(clip):
     for name in ("keyframe", "motion", "residual"):  # every component's output trains the same parameters
         vae.zero_grad()
         vae.decode_components(z)[name].square().mean().backward()
-        assert vae.decoder.conv_in.conv.weight.grad.abs().sum() > 0 if hasattr(vae.decoder.conv_in, "conv") else \
-            next(vae.decoder.conv_in.parameters()).grad.abs().sum() > 0
+        assert all(p.grad is not None for p in vae.decoder.parameters())
+        assert next(vae.decoder.conv_in.parameters()).grad.abs().sum() > 0
 
 
 def test_decode_is_recoupling_of_decoded_components(clip):
@@ -166,14 +166,15 @@ def test_concat_variant_layout(clip):
 
 
 def test_full_presets_build_near_the_papers_size():
-    counts = {}
+    counts, vaes = {}, {}
     for name in ("deco", "deco-compact", "deco-concat", "plain"):
-        vae = build_vae(name)
+        with torch.device("meta"):  # the real layout, no memory, no initialisation cost
+            vaes[name] = vae = build_vae(name)
         counts[name] = sum(p.numel() for p in vae.parameters())
         assert vae.compression == (4, 8, 8) and vae.frame_rule == "causal"
     assert 60e6 < counts["deco"] < 64e6  # paper Table 3: 62M
-    assert build_vae("deco").latent_channels == 48 and build_vae("deco-compact").latent_channels == 16
-    deco = build_vae("deco")
+    assert vaes["deco"].latent_channels == 48 and vaes["deco-compact"].latent_channels == 16
+    deco = vaes["deco"]
     per_part = {k: sum(p.numel() for p in m.parameters()) for k, m in deco.parameter_groups().items()}
     assert per_part["enc_k"] == per_part["enc_m"] == per_part["enc_r"]
     assert per_part["enc_k"] + per_part["decoder"] == counts["plain"]  # like with like: plain = one encoder + D

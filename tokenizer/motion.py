@@ -27,6 +27,7 @@ CLI: ``python -m tokenizer.motion pretrain --config configs/tokenizer/motion_pre
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -138,7 +139,9 @@ class ScaleSpaceWarp(nn.Module):
         b, _, t, h, w = motion.shape
         if ref.shape[0] != b or ref.shape[-2:] != (h, w):
             raise ValueError(f"warp: reference {tuple(ref.shape)} and motion {tuple(motion.shape)} do not match")
-        with torch.autocast(device_type=ref.device.type, enabled=False):  # sampling positions need float32
+        no_autocast = torch.autocast(ref.device.type, enabled=False) if torch.amp.is_autocast_available(
+            ref.device.type) else contextlib.nullcontext()  # (the meta device, used for FLOP counts, has no autocast)
+        with no_autocast:  # sampling positions need float32
             volume = gaussian_volume(ref.float(), self.sigma0, self.num_levels)  # b c l h w
             m = rearrange(motion.float(), "b m t h w -> b t h w m")
             xy = base_grid(h, w, ref.device) + m[..., :2]  # b t h w 2

@@ -230,11 +230,14 @@ class DeCoVAE(VideoVAE):
     def _encode_parts(self, video: torch.Tensor, cache: FrameCache | None, start: int,
                       keyframes: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames ``start ..`` -> (mean, logvar) of [z_k | z_m | z_r], each (b latent t' h' w')."""
-        mode = self.config.decoupling
-        if mode == "none":
+        if self.config.decoupling == "none":
             return _split_moments(self.encoder(video, cache))
-        comps = self.decouple(video, start, keyframes)
-        if mode == "concat":
+        return self._encode_components(self.decouple(video, start, keyframes), cache)
+
+    def _encode_components(self, comps: dict[str, torch.Tensor],
+                           cache: FrameCache | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 1 on X_k, X_m, X_r -> (mean, logvar) of [z_k | z_m | z_r]."""
+        if self.config.decoupling == "concat":
             x = torch.cat([comps[c] for c in COMPONENTS], dim=1)  # b 9 t h w
             return _split_moments(self.encoder(x, cache))
         moments = [enc(comps[c], cache) for enc, c in zip((self.enc_k, self.enc_m, self.enc_r), COMPONENTS)]
@@ -283,9 +286,8 @@ class DeCoVAE(VideoVAE):
         if self.config.decoupling == "concat":
             out = dict(zip(COMPONENTS, self.decoder(parts[0], cache).chunk(3, dim=1)))  # b 9 t h w -> 3 x (b 3 ..)
             return {c: out[c] for c in which}
-        width = self.decoder.config.latent_channels
-        zs = [F.pad(parts[COMPONENTS.index(c)], (0, 0, 0, 0, 0, 0, 0, width - parts[COMPONENTS.index(c)].shape[1]))
-              for c in which]  # each (b width t h w), zero channels appended
+        width, latents = self.decoder.config.latent_channels, dict(zip(COMPONENTS, parts))
+        zs = [F.pad(latents[c], (0, 0, 0, 0, 0, 0, 0, width - latents[c].shape[1])) for c in which]  # b width t h w
         decoded = self.decoder(torch.cat(zs, dim=0), cache).chunk(len(which), dim=0)  # (n b) 3 T H W -> n x (b ..)
         return dict(zip(which, decoded))
 
@@ -341,7 +343,7 @@ class DeCoVAE(VideoVAE):
         """
         self.check_video(video)
         comps = self.decouple(video)
-        mean, logvar = self._encode_parts(video, None, 0, {})
+        mean, logvar = self._encode_components(comps, None)
         posterior = DiagonalGaussian(mean=mean, logvar=logvar)
         z = posterior.sample(generator) if sample else posterior.mode()
         hats = self.decode_components(z)
