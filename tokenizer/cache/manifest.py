@@ -18,7 +18,7 @@ A shard ``shards/NNNNN.safetensors`` holds the dataset items ``[k * items_per_sh
 in order, each followed by its flip copy when ``flip_copies``: tensors ``mean`` and ``std`` ``(n, C, T', H', W')``
 in the storage dtype, and int64 ``(n,)`` columns ``label``, ``item`` (dataset index), ``flip`` (0/1), ``video``
 (row of the manifest's ``videos``), ``start`` (first source frame), ``clip`` (clip number in its video). Its
-metadata carries the identity digest. Beside it ``NNNNN.json`` (written after the shard) records its SHA-256, size,
+metadata (key ``vidtok_cache``) carries the identity digest and the shard number. Beside it ``NNNNN.json`` (written after the shard) records its SHA-256, size,
 counts, per-channel float64 sums and the clips that were dropped because their video failed to decode. A shard
 counts as done only when both exist and the hash matches.
 """
@@ -36,6 +36,7 @@ FORMAT = "vidtok-latent-cache"
 VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
+SHARD_METADATA_KEY = "vidtok_cache"  # JSON {"format", "identity", "shard"} in each shard's safetensors metadata
 SHARD_TENSORS = ("mean", "std", "label", "item", "flip", "video", "start", "clip")
 
 
@@ -155,9 +156,9 @@ def verify_cache(cache_dir: str | Path, progress=None) -> list[str]:
             issue = "SHA-256 differs from the manifest (corrupted or replaced)"
         else:
             with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
+                meta = json.loads((f.metadata() or {}).get(SHARD_METADATA_KEY, "{}"))
                 rows = f.get_slice("label").get_shape()[0]
-            if meta.get("identity") != digest:
+            if meta.get("identity") != digest or meta.get("shard") != rec["shard"]:
                 issue = "belongs to another cache (identity digest differs)"
             elif rows != rec["clips"]:
                 issue = f"{rows} clips, manifest says {rec['clips']}"

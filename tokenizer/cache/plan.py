@@ -87,6 +87,9 @@ def make_plan(vae, data_cfg: DataConfig, cfg: CacheConfig, precision: str, datas
         raise ConfigError(f"chunk_size={cfg.chunk_size} must be a multiple of {vae.name}'s temporal compression "
                           f"{vae.compression[0]}")
     data_cfg = dataclasses.replace(data_cfg, num_frames=num_frames)
+    if dataset is not None and dataset.cfg != data_cfg:
+        raise ConfigError(f"the dataset given was built from another data config than the cache's:\n  dataset: "
+                          f"{to_dict(dataset.cfg)}\n  cache: {to_dict(data_cfg)}")
     dataset = dataset if dataset is not None else build_dataset(data_cfg)
     latent_shape = tuple(vae.latent_shape(num_frames, data_cfg.resolution, data_cfg.resolution))
     copies = 2 if cfg.flip_copies else 1

@@ -33,7 +33,7 @@ from ..config import ConfigError, to_dict
 from ..data import DataConfig
 from ..io import atomic_write, sha256_file, write_json
 from .config import CacheConfig
-from .manifest import (FORMAT, MANIFEST, SHARD_DIR, VERSION, CacheError, CacheMismatchError, combine_stats,
+from .manifest import (FORMAT, MANIFEST, SHARD_DIR, SHARD_METADATA_KEY, VERSION, CacheError, CacheMismatchError, combine_stats,
                        identity_diff, read_manifest, shard_path, sidecar_path)
 from .plan import CachePlan, make_plan
 
@@ -108,7 +108,9 @@ class ShardBuffer:
         for name in ("label", "item", "flip", "video", "start", "clip"):
             empty[name] = torch.empty(0, dtype=torch.int64)
         tensors = {name: torch.cat(self.columns[name]) if name in self.columns else empty[name] for name in empty}
-        blob = safetensors_bytes(tensors, metadata={"format": FORMAT, "identity": plan.digest, "shard": str(self.k)})
+        # one metadata key: safetensors writes a metadata dict in hash order, which would make the bytes vary
+        meta = json.dumps({"format": FORMAT, "identity": plan.digest, "shard": self.k}, sort_keys=True)
+        blob = safetensors_bytes(tensors, metadata={SHARD_METADATA_KEY: meta})
         with atomic_write(shard_path(out, self.k)) as f:
             f.write(blob)
         mean = tensors["mean"].double()  # (n, C, T', H', W'), the stored values
@@ -249,17 +251,18 @@ def make_state(cfg: CacheConfig):
 
 
 def run_cache(vae, data_cfg: DataConfig, cfg: CacheConfig, out: str | Path, vae_source: str = "",
-              state=None, show_progress: bool = True, log=print) -> dict:
+              state=None, show_progress: bool = True, log=print, dataset=None) -> dict:
     """Cache the latents of every clip ``data_cfg`` enumerates into ``out``; return the complete manifest.
 
     Run it on every rank of a launch (``state``: accelerate ``PartialState``; default: made here). The VAE is
-    moved to the process's device. Restarting with the same arguments finishes an interrupted cache; different
+    moved to the process's device. ``dataset``: an already built dataset of ``data_cfg`` with the clip length
+    resolved (saves probing the videos a second time). Restarting with the same arguments finishes an interrupted cache; different
     arguments into the same folder raise :class:`CacheMismatchError`.
     """
     out = Path(out)
     state = state if state is not None else make_state(cfg)
     device, precision = resolve_runtime(cfg, state)
-    plan = make_plan(vae, data_cfg, cfg, precision)
+    plan = make_plan(vae, data_cfg, cfg, precision, dataset=dataset)
     main = state.is_main_process
     if main:
         _claim_folder(out, plan, vae_source)
