@@ -107,6 +107,9 @@ PROTOCOLS = {
 }
 
 
+fvd16, fvd128 = PROTOCOLS["fvd16"], PROTOCOLS["fvd128"]  # the protocol objects by their published names
+
+
 def get_protocol(protocol: str | FVDProtocol, **overrides: Any) -> FVDProtocol:
     if isinstance(protocol, FVDProtocol):
         return protocol.with_overrides(**overrides)
