@@ -328,8 +328,10 @@ def video_paths(out: Path, index: int) -> tuple[Path, Path]:
 
 def sidecar(settings: SampleSettings, index: int, label: Optional[int], class_names: Sequence[str]) -> dict:
     name = class_names[label] if label is not None and label < len(class_names) else None
+    shared = asdict(settings)
+    shared["base_seed"] = shared.pop("seed")  # 'seed' is this video's own seed, derive_seed(base_seed, index)
     return dict(kind="sample_video", index=index, seed=video_seed(settings.seed, index), label=label,
-                label_name=name, **asdict(settings))
+                label_name=name, **shared)
 
 
 def is_done(out: Path, expected: dict) -> bool:

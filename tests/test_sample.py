@@ -100,3 +100,148 @@ def test_cache_vae_checked_by_name_and_fingerprint(tiny_cache, tmp_path):
         load_cache_vae("plain-tiny", manifest, str(other), None, torch.device("cpu"))
     with pytest.raises(SourceError, match="no such"):
         load_cache_vae("plain-tiny", manifest, str(tmp_path / "nope"), None, torch.device("cpu"))
+
+
+# ------------------------------------------------------------------------------------------ a tiny Latte run
+
+def _tiny_preset() -> str:
+    from diffusion import LATTE_NAMES
+
+    return next(n for n in LATTE_NAMES if "tiny" in n.lower())
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_cache):
+    """A Latte run of the tiny preset trained for a few steps on the tiny cache (class-conditional, 3 classes)."""
+    from diffusion.train_config import LatteTrainConfig
+    from diffusion.training import train
+    from tokenizer.config import load_config
+
+    cache, vae_dir, _ = tiny_cache
+    run = tmp_path_factory.mktemp("latte") / "run"
+    cfg = load_config(LatteTrainConfig, "configs/diffusion/latte_tiny.yaml", [
+        f"model.name={_tiny_preset()}", f"data.cache_dir={cache}", f"vae.ckpt={vae_dir}", f"train.run_dir={run}",
+        "train.max_steps=3", "train.batch_size=2", "train.checkpoint_every=3", "train.tracker=none",
+        "train.progress_bar=false", "train.log_every=1", "train.ema_decay=0.5"])
+    train(cfg)
+    return run
+
+
+def _sample(run, out, *extra):
+    from pipelines.sample import main
+
+    return main(["--vae", "plain-tiny", "--ckpt", str(run), "--out", str(out), "--sampler", "ddim", "--steps", "3",
+                 "--device", "cpu", *extra])
+
+
+def _frames(path):
+    from tokenizer.data.video_io import read_video_frames, video_num_frames
+
+    return read_video_frames(path, range(video_num_frames(path)))  # (t, h, w, c) uint8
+
+
+def test_sample_writes_playable_mp4s_with_sidecars_and_resumes(tiny_run, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert _sample(tiny_run, out, "--num-videos", "3", "--batch-size", "2", "--gif-grid", "--labels", "balanced") == 0
+    mp4s = sorted((out / "videos").glob("*.mp4"))
+    assert [p.name for p in mp4s] == ["000000.mp4", "000001.mp4", "000002.mp4"]
+    for i, p in enumerate(mp4s):
+        frames = _frames(p)
+        assert frames.shape == (9, 32, 32, 3)  # 3 latent frames of a causal 4x VAE -> 9 frames of 32 px
+        meta = json.loads(p.with_suffix(".json").read_text())
+        assert (meta["index"], meta["label"], meta["sampler"], meta["steps"], meta["vae"]) == (i, i, "ddim", 3,
+                                                                                             "plain-tiny")
+        assert meta["seed"] == video_seed(0, i) and meta["cfg_scale"] == 7.0  # class-conditional default
+    from PIL import Image
+
+    with Image.open(out / "grid.gif") as grid:  # 3 videos -> 2 x 2 tiles of 32 px, 9 frames
+        assert (grid.n_frames, grid.size) == (9, (64, 64))
+    assert "resolved sampling settings" in capsys.readouterr().out
+    # a re-run writes nothing; a lost sidecar (killed between mp4 and sidecar) redoes that video only
+    stamps = {p: p.stat().st_mtime_ns for p in mp4s}
+    (out / "videos" / "000001.json").unlink()
+    assert _sample(tiny_run, out, "--num-videos", "4", "--batch-size", "2", "--labels", "balanced") == 0
+    changed = [p.name for p in mp4s if p.stat().st_mtime_ns != stamps[p]]
+    assert changed == ["000001.mp4"] and (out / "videos" / "000003.mp4").is_file()
+    assert "2 already there" in capsys.readouterr().out  # 0 and 2; 1 redone, 3 new
+    # other settings into the same folder are refused, naming what differs
+    assert _sample(tiny_run, out, "--num-videos", "4", "--seed", "5") == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "seed" in err and "labels" in err
+
+
+def test_videos_do_not_depend_on_batch_size_or_process_split(tiny_run, tmp_path):
+    from pipelines.sample import open_source, sample_batch, sample_videos
+
+    source = open_source(tiny_run, "plain-tiny")
+    seeds, labels = [video_seed(7, i) for i in range(4)], [2, 0, 1, 2]
+    whole = sample_batch(source, seeds, labels, "ddpm", 4, 3.0, torch.device("cpu"))
+    alone = torch.cat([sample_batch(source, seeds[i:i + 1], labels[i:i + 1], "ddpm", 4, 3.0, torch.device("cpu"))
+                       for i in range(4)])
+    torch.testing.assert_close(whole, alone, atol=1e-4, rtol=0)
+    other = sample_batch(source, [video_seed(8, i) for i in range(4)], labels, "ddpm", 4, 3.0, torch.device("cpu"))
+    assert (whole - other).abs().mean() > 100 * (whole - alone).abs().max()  # the seed matters, the batch does not
+    kw = dict(num_videos=4, sampler="ddim", steps=3, cfg_scale=2.0, seed=1, progress=False)
+    sample_videos(source, tmp_path / "b1", batch_size=1, **kw)
+    sample_videos(source, tmp_path / "b4", batch_size=4, **kw)
+    for r in range(2):  # two "ranks" sharing the work: indices r, r + 2
+        sample_videos(source, tmp_path / "w2", batch_size=3, rank=r, world_size=2, **kw)
+    for i in range(4):
+        ref = _frames(tmp_path / "b1" / "videos" / f"{i:06d}.mp4").int()
+        for other_dir in ("b4", "w2"):
+            got = _frames(tmp_path / other_dir / "videos" / f"{i:06d}.mp4").int()
+            # equal up to float rounding (1e-4 above), which H.264 may spread over a few pixels of a block
+            assert (got - ref).abs().float().mean() < 0.2, (other_dir, i)
+        if i:
+            assert (ref - _frames(tmp_path / "b1" / "videos" / f"{i - 1:06d}.mp4").int()).abs().float().mean() > 5
+        assert json.loads((tmp_path / "w2" / "videos" / f"{i:06d}.json").read_text()) == \
+            json.loads((tmp_path / "b1" / "videos" / f"{i:06d}.json").read_text())
+
+
+def test_wrong_vae_and_bad_requests_refused_before_work(tiny_run, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert _sample(tiny_run, out, "--vae", "vcvae-tiny") == 2
+    assert "trained on latents of VAE 'plain-tiny'" in capsys.readouterr().err
+    assert _sample(tiny_run, out, "--vae", "sd", "--vae-path", str(tmp_path)) == 2
+    assert "run folder" in capsys.readouterr().err
+    assert _sample(tiny_run, out, "--labels", "7") == 2  # 3 classes
+    assert _sample(tiny_run, out, "--fvd", "--detector", "i3d_pt", "--detector-path", str(tmp_path / "x.pt")) == 2
+    assert _sample(tmp_path / "no_run", out) == 2
+    assert not out.exists()  # nothing was written by a refused request
+
+
+def test_fvd_json_feeds_the_report(tiny_run, tiny_cache, tmp_path):
+    from pipelines.report import collect_rows
+
+    out = tmp_path / "f"
+    assert _sample(tiny_run, out, "--num-videos", "3", "--fvd", "--detector", "random", "--fvd-set", "num_frames=8",
+                   "--fvd-set", "resolution=32", "--fvd-stats-dir", str(tmp_path / "stats")) == 0
+    record = json.loads((out / "fvd.json").read_text())
+    assert record["kind"] == "latte_fvd" and record["fvd"]["clips"]["fake"] == 3 and record["train_steps"] == 3
+    assert record["fvd"]["label"] and np.isfinite(record["fvd"]["fvd"])  # random I3D: labelled
+    (row,) = collect_rows([out])
+    assert (row.vae, row.train_steps, row.fvd_random, row.fvd_incomplete) == ("plain-tiny", 3, True, True)
+
+
+def test_released_checkpoint_with_framewise_sd_vae(tmp_path, capsys):
+    """A released-style Latte checkpoint ({"ema": state dict}, 4-channel SD latents) sampled with --vae sd."""
+    from diffusers import AutoencoderKL
+
+    from diffusion import build_latte
+    from pipelines.sample import main
+
+    preset = _tiny_preset()
+    torch.manual_seed(0)
+    torch.save({"ema": build_latte(preset, in_channels=4, num_classes=3, num_frames=4, input_size=16).state_dict()},
+               tmp_path / "latte.pt")
+    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                  layers_per_block=1).save_pretrained(tmp_path / "sd")
+    args = ["--vae", "sd", "--vae-path", str(tmp_path / "sd"), "--ckpt", str(tmp_path / "latte.pt"), "--model",
+            preset, "--num-classes", "3", "--latent-frames", "4", "--latent-size", "16", "--num-videos", "2",
+            "--sampler", "ddim", "--steps", "2", "--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(args) == 0
+    assert _frames(tmp_path / "out" / "videos" / "000001.mp4").shape == (4, 32, 32, 3)  # frame-wise, 2x spatial
+    meta = json.loads((tmp_path / "out" / "videos" / "000001.json").read_text())
+    assert meta["vae"] == "sd" and meta["weights"] == "file"
+    assert main(args[:9] + ["5"] + args[10:]) == 2 and "does not fit" in capsys.readouterr().err
