@@ -304,25 +304,30 @@ def _env() -> dict:
 
 def test_killed_run_resumes_and_two_processes_match_one(ucf_tree, tiny_data_cfg, tmp_path):
     ckpt = _vae("plain-tiny").save_pretrained(tmp_path / "vae")
-    data_cfg = tiny_data_cfg("ucf101", ucf_tree, split="all", frame_interval=2, clips_per_video=2)
+    data_cfg = tiny_data_cfg("ucf101", ucf_tree, split="all", frame_interval=2)  # 9 videos, 1 clip each
     data_yaml = tmp_path / "data.yaml"
     data_yaml.write_text(yaml.safe_dump(vars(data_cfg)))
     # reference: one uninterrupted run, in this process, with the same settings as the command line below
     cfg = CacheConfig(clips_per_shard=1, num_workers=0, batch_size=1, dtype="fp16")
     ref = run_cache(load_vae(ckpt), data_cfg, cfg, tmp_path / "ref", show_progress=False, log=lambda *a: 0)
     total = ref["num_shards"]
-    assert total == 18 and ref["clips"]["stored"] == 18
+    assert total == 9 and ref["clips"]["stored"] == 9
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, *_cli_args(ckpt, data_yaml, killed)], cwd=REPO, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not list((killed / "shards").glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    err = proc.stderr.read().decode()
-    done = len(list((killed / "shards").glob("*.json")))
+    for _ in range(3):  # SIGKILL once the first shard is in; again if a stall let the run finish first
+        shutil.rmtree(killed, ignore_errors=True)
+        proc = subprocess.Popen([sys.executable, *_cli_args(ckpt, data_yaml, killed)], cwd=REPO, env=_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not list((killed / "shards").glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        err = proc.stderr.read().decode()
+        done = len(list((killed / "shards").glob("*.json")))
+        if proc.returncode == -signal.SIGKILL and done < total:
+            break
     assert proc.returncode == -signal.SIGKILL and 1 <= done < total, (proc.returncode, done, err[-2000:])
     assert not json.loads((killed / "manifest.json").read_text())["complete"]
     res = subprocess.run([sys.executable, *_cli_args(ckpt, data_yaml, killed)], cwd=REPO, env=_env(),
@@ -343,4 +348,4 @@ def test_killed_run_resumes_and_two_processes_match_one(ucf_tree, tiny_data_cfg,
         assert manifest["identity"] == ref["identity"] and verify_cache(out) == []
         assert sorted(p.name for p in (out / "shards").iterdir()) == \
             sorted(f"{k:05d}.{ext}" for k in range(total) for ext in ("json", "safetensors"))
-        assert _rows(out)["item"].tolist() == list(range(18))
+        assert _rows(out)["item"].tolist() == list(range(9))
