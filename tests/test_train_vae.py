@@ -243,3 +243,161 @@ def real_clips():
 
     ds = build_dataset(DataConfig(kind="samples", num_frames=9, frame_interval=2, resolution=32, offset="start"))
     return [ds[i]["video"] for i in range(len(ds))]
+
+
+# --- DeCo-VAE: motion pre-training, decoupled adaptation ---------------------------------------------------------
+def group_states(tr):
+    return {g: [p.detach().clone() for p in ps] for g, ps in tr.groups.items()}
+
+
+def changed(a, b):
+    """Group name -> whether any of its parameters differs between two snapshots."""
+    return {g: any(not torch.equal(x, y) for x, y in zip(a[g], b[g])) for g in a}
+
+
+ONE_CLIP = ("data.max_videos=1", "train.num_samples=1")  # train on one fixed clip (bigbuckbunny's first frames)
+
+
+def test_deco_phases_switch_inside_one_run(tmp_path):
+    """deco_tiny.yaml: phase 1 (motion frozen) for steps 1-3, phase 2 (keyframe encoder frozen) + GAN from step 4."""
+    tr = trainer(tmp_path / "run", "train.max_steps=4", "train.sample_every=4", *ONE_CLIP, config="deco_tiny.yaml")
+    tr.setup()
+    x = tr._samples[:1]
+    before = (recon(tr.model, x) - x).abs().mean().item()
+    s0 = group_states(tr)
+    for _ in range(3):
+        tr.train_step()
+    s3 = group_states(tr)
+    tr.train_step()
+    s4 = group_states(tr)
+    tr.monitor.close()
+    assert changed(s0, s3) == {"motion": False, "enc_k": True, "enc_m": True, "enc_r": True, "decoder": True}
+    assert changed(s3, s4) == {"motion": True, "enc_k": False, "enc_m": True, "enc_r": True, "decoder": True}
+    assert (recon(tr.model, x) - x).abs().mean().item() < before
+    assert ["g_adv" in h for h in tr.history] == [False, False, False, True]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "step 1: phase 0 'phase1'; frozen groups: motion" in log and "step 4: phase 1 'phase2'" in log
+    # the sample shows input | reconstruction | keyframe | flow | scale | residual
+    from PIL import Image
+
+    assert Image.open(tmp_path / "run" / "samples" / "step-000004.gif").size == (6 * 32 + 5 * 2, 32)
+
+
+def test_deco_stages_as_separate_runs(tmp_path):
+    """motion pre-training -> phase 1 -> phase 2, each run starting from the previous run's checkpoint."""
+    from tokenizer.motion import warp_error
+
+    motion = trainer(tmp_path / "motion", "train.max_steps=3", *ONE_CLIP, config="deco_motion_tiny.yaml")
+    motion.setup()
+    x = motion._samples[:1]
+    err0, _ = warp_error(motion.model.motion, x)
+    s0 = group_states(motion)
+    while motion.step < 3:
+        motion.train_step()
+    motion.monitor.close()
+    assert changed(s0, group_states(motion)) == {"motion": True, "enc_k": False, "enc_m": False, "enc_r": False,
+                                                 "decoder": False}
+    assert warp_error(motion.model.motion, x)[0] < err0  # the photometric warp error on the clip went down
+
+    p1 = trainer(tmp_path / "p1", "train.max_steps=2", f"model.init_from_run={tmp_path / 'motion'}", *ONE_CLIP,
+                 config="deco_phase1_tiny.yaml")
+    p1.setup()
+    assert_same(p1.model.state_dict(), motion.model.state_dict())  # starts where the motion run ended
+    s1 = group_states(p1)
+    while p1.step < 2:
+        p1.train_step()
+    p1.monitor.close()
+    c1 = changed(s1, group_states(p1))
+    assert not c1["motion"] and all(c1[g] for g in ("enc_k", "enc_m", "enc_r", "decoder"))
+
+    p2 = trainer(tmp_path / "p2", "train.max_steps=1", f"model.init_from_run={tmp_path / 'p1'}", *ONE_CLIP,
+                 config="deco_phase2_tiny.yaml")
+    p2.setup()
+    assert_same(p2.model.state_dict(), p1.model.state_dict())
+    s2 = group_states(p2)
+    p2.train_step()
+    p2.monitor.close()
+    c2 = changed(s2, group_states(p2))
+    assert not c2["enc_k"] and all(c2[g] for g in ("motion", "enc_m", "enc_r", "decoder"))
+    assert "g_adv" in p2.history[0]
+
+
+# --- VC-VAE: stage I from an image VAE, stage II on mixed shapes ----------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_image_vae(tmp_path_factory):
+    """A random diffusers AutoencoderKL in the Flux layout with the tiny widths (what model.init_from reads)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=16,
+                        norm_num_groups=2, use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.5,
+                        shift_factor=0.25)
+    folder = tmp_path_factory.mktemp("image-vae")
+    vae.save_pretrained(folder)
+    return folder
+
+
+def test_vcvae_stage1_from_image_vae_then_stage2_mixed_shapes(tmp_path, tiny_image_vae):
+    from tokenizer import build_vae, load_vae
+
+    s1 = trainer(tmp_path / "s1", "train.max_steps=3", f"model.init_from={tiny_image_vae}", *ONE_CLIP,
+                 config="vcvae_stage1_tiny.yaml")
+    s1.setup()
+    inflated = build_vae("vcvae-tiny", init_from=tiny_image_vae)
+    assert_same(s1.model.state_dict(), inflated.state_dict())  # the run starts from the inflated image VAE
+    x = s1._samples[:1]
+    before = (recon(s1.model, x) - x).abs().mean().item()
+    while s1.step < 3:
+        s1.train_step()
+    s1.monitor.close()
+    assert (recon(s1.model, x) - x).abs().mean().item() < before
+    saved = load_vae(tmp_path / "s1")
+    assert (saved.config.scaling_factor, saved.config.shift_factor) == (0.5, 0.25)  # the image VAE's latent scale
+
+    s2 = trainer(tmp_path / "s2", "train.max_steps=4", f"model.init_from_run={tmp_path / 's1'}",
+                 config="vcvae_stage2_tiny.yaml")
+    s2.setup()
+    assert_same(s2.model.state_dict(), s1.model.state_dict())
+    shapes = []
+    while s2.step < 4:
+        b = s2.stream.bucket_for_step(s2.step)
+        s2.train_step()
+        shapes.append(tuple(s2.datasets[b][0]["video"].shape))
+    s2.monitor.close()
+    assert set(shapes) == {(3, 8, 32, 32), (3, 4, 48, 48)}  # both buckets were used (seed 0)
+    assert all("g_adv" in h for h in s2.history)
+
+
+# --- two processes ----------------------------------------------------------------------------------------------
+def test_two_process_gloo_run_keeps_ranks_identical(tmp_path):
+    """accelerate launch, 2 CPU processes (gloo): DDP keeps both ranks' generator and discriminator identical."""
+    script = tmp_path / "run2.py"
+    script.write_text(
+        "import sys, torch\n"
+        f"sys.path.insert(0, {REPO!r})\n"
+        "from tokenizer.config import load_config\n"
+        "from tokenizer.io import state_dict_fingerprint\n"
+        "from tokenizer.training.vae_config import VAETrainConfig\n"
+        "from tokenizer.training.vae_trainer import VAETrainer\n"
+        "cfg = load_config(VAETrainConfig, sys.argv[1], sys.argv[3:])\n"
+        "tr = VAETrainer(cfg)\n"
+        "tr.fit()\n"
+        "r = tr.accelerator.process_index\n"
+        "open(f'{sys.argv[2]}/rank{r}.txt', 'w').write(' '.join([state_dict_fingerprint(tr.model.state_dict()),\n"
+        "    state_dict_fingerprint(tr.disc.state_dict()), state_dict_fingerprint(tr.ema.state_dict()),\n"
+        "    str(tr.accelerator.num_processes), repr(tr.history[-1]['l1'])]))\n")
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(script),
+           os.path.join(REPO, "configs", "tokenizer", "plain_tiny.yaml"), str(tmp_path),
+           f"train.run_dir={tmp_path / 'run'}", "train.tracker=none", "train.progress_bar=false",
+           "loss.lpips_net=squeeze", "train.cpu=true", "train.batch_size=1", "train.max_steps=3", "loss.gan_start=2",
+           "train.checkpoint_every=3"]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r0, r1 = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert r0[3] == r1[3] == "2"
+    assert r0[:3] == r1[:3]  # model, discriminator and EMA weights identical on both ranks
+    assert r0[4] != r1[4]  # ... while each rank trained on its own half of the batch

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tokenizer.training import (EMA, BucketedStream, ClipStream, NonFiniteGuard, NonFiniteLossError, RunDir,
-                                capture_rng, derive_seed, flow_to_rgb, restore_rng, side_by_side, write_panels)
+                                capture_rng, derive_seed, motion_panels, restore_rng, side_by_side, write_panels)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -193,14 +193,14 @@ def test_guard_skips_counts_and_stops():
 
 
 # --- samples -----------------------------------------------------------------------------------------------------
-def test_flow_picture_and_side_by_side_gif(tmp_path):
-    flow = torch.zeros(2, 1, 2, 3)
-    flow[0, 0, 0, 0] = 1.0  # +x: red
-    flow[1, 0, 0, 1] = 1.0  # +y: hue 1/4 -> yellow-green (r = 0.5, g = 1, b = 0)
-    rgb = (flow_to_rgb(flow) + 1) / 2
-    assert torch.allclose(rgb[:, 0, 0, 0], torch.tensor([1.0, 0.0, 0.0]), atol=1e-6)
-    assert torch.allclose(rgb[:, 0, 0, 1], torch.tensor([0.5, 1.0, 0.0]), atol=1e-6)
-    assert torch.allclose(rgb[:, 0, 1, 2], torch.ones(3))  # no motion: white
+def test_motion_panels_and_side_by_side_gif(tmp_path):
+    motion = torch.zeros(3, 1, 3, 3)  # flow x, flow y, scale
+    motion[0, 0, 0, 0] = 0.5  # +x: red at full saturation
+    motion[2] = torch.linspace(0, 2, 9).view(1, 3, 3)
+    flow, scale = [(p + 1) / 2 for p in motion_panels(motion)]
+    assert torch.allclose(flow[:, 0, 0, 0], torch.tensor([1.0, 0.0, 0.0]), atol=1e-6)
+    assert torch.allclose(flow[:, 0, 2, 2], torch.ones(3))  # no motion: white
+    assert torch.allclose(scale[:, 0, 0, 0], torch.zeros(3)) and torch.allclose(scale[:, 0, 2, 2], torch.ones(3))
     clip = torch.rand(3, 5, 8, 8) * 2 - 1
     key = clip[:, :1]
     grid = side_by_side([clip, key, clip])

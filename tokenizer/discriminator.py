@@ -4,6 +4,10 @@ A pix2pix-style N-layer PatchGAN with 3x3x3 kernels: a strided conv without norm
 conv + BatchNorm + LeakyReLU(0.2) stages that widen the channels (x2 per stage, at most x8) and halve H and W
 (T only in the first of them), one more stride-1 stage, and a 1-channel stride-1 conv giving one logit per
 space-time patch. Trained with the hinge loss (``tokenizer.losses.hinge_d_loss``).
+
+The discriminator only ever runs in training mode, normalising with the statistics of the batch at hand, so its
+BatchNorm layers keep no running statistics: they would never be used, and they would differ between the
+processes of a data-parallel run (each sees its own batch) and absorb the NaNs of a skipped step.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ class PatchDiscriminator3D(nn.Module):
             # the last stage keeps the resolution; of the strided ones only the first also halves time
             stride = 1 if n == cfg.num_layers else (2 if n == 1 else 1, 2, 2)
             layers += [nn.Conv3d(ch * prev, ch * mult, k, stride=stride, padding=p, bias=False),  # BN has the bias
-                       nn.BatchNorm3d(ch * mult), nn.LeakyReLU(0.2)]
+                       nn.BatchNorm3d(ch * mult, track_running_stats=False), nn.LeakyReLU(0.2)]
         layers.append(nn.Conv3d(ch * mult, 1, k, stride=1, padding=p))
         self.main = nn.Sequential(*layers)
         self.initialize_weights()

@@ -169,6 +169,8 @@ class PerceptualLoss(nn.Module):
     def forward(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         """x, x_hat: (b, c, t, h, w) -> per-clip mean over frames: (b,)."""
         b = x.shape[0]
+        if min(x.shape[-2:]) < 32:  # the trunks' strided convs and poolings run out of pixels below that
+            raise ValueError(f"LPIPS needs frames of at least 32x32 pixels, got {tuple(x.shape[-2:])}")
         frames = rearrange(x, "b c t h w -> (b t) c h w")
         frames_hat = rearrange(x_hat, "b c t h w -> (b t) c h w")
         d = self.lpips(frames_hat, frames).flatten()  # ((b t),)

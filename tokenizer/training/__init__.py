@@ -26,7 +26,7 @@ import importlib
 _EXPORTS = {
     "BucketedStream": "data", "ClipStream": "data", "DataPosition": "data", "epoch_permutation": "data",
     "EMA": "ema", "NonFiniteGuard": "guard", "NonFiniteLossError": "guard", "RunMonitor": "monitor",
-    "RunDir": "rundir", "flow_to_rgb": "samples", "motion_panels": "samples", "side_by_side": "samples",
+    "RunDir": "rundir", "motion_panels": "samples", "side_by_side": "samples",
     "write_panels": "samples", "capture_rng": "state", "derive_seed": "state", "restore_rng": "state",
     "seed_everything": "state",
 }

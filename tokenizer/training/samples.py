@@ -1,12 +1,11 @@
 """Reconstruction samples a run writes every N steps: panels side by side in one gif or mp4.
 
-A panel is a named ``(C, T, H, W)`` clip; RGB clips are in [-1, 1], motion fields (flow x, flow y[, scale]) are
-drawn with the usual optical-flow colour wheel (hue = direction, saturation = magnitude) and their scale channel,
-if any, as grey. Panels of one frame (a keyframe) are held for the whole clip.
+A panel is a ``(C, T, H, W)`` clip in [-1, 1]; motion fields (flow x, flow y[, scale]) are drawn with the
+optical-flow colour wheel of ``tokenizer.motion.flow_to_rgb`` (hue = direction, saturation = magnitude, white = no
+motion) and their scale channel, if any, as grey. Panels of one frame (a keyframe) are held for the whole clip.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Sequence
 
@@ -14,35 +13,12 @@ import torch
 from einops import repeat
 
 from ..data.video_io import video_to_uint8, write_video
-
-
-def flow_to_rgb(flow: torch.Tensor, max_magnitude: float | None = None) -> torch.Tensor:
-    """Flow ``(2, T, H, W)`` -> colour-wheel picture ``(3, T, H, W)`` in [-1, 1].
-
-    Hue encodes the direction (0 = +x, red), saturation the magnitude relative to ``max_magnitude`` (default:
-    the largest magnitude in the clip), value is 1: zero motion is white.
-    """
-    fx, fy = flow[0].float(), flow[1].float()
-    mag = torch.sqrt(fx**2 + fy**2)
-    top = float(mag.max()) if max_magnitude is None else max_magnitude
-    sat = (mag / top).clamp(0, 1) if top > 0 else torch.zeros_like(mag)
-    hue = (torch.atan2(fy, fx) / (2 * math.pi)) % 1.0  # in [0, 1)
-    rgb = _hsv_to_rgb(hue, sat, torch.ones_like(sat))  # (3, t, h, w) in [0, 1]
-    return rgb * 2 - 1
-
-
-def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    # the standard piecewise HSV -> RGB: channel n takes v - v*s*clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6
-    out = []
-    for n in (5.0, 3.0, 1.0):  # r, g, b
-        k = (n + h * 6) % 6
-        out.append(v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1))
-    return torch.stack(out)
+from ..motion import flow_to_rgb
 
 
 def motion_panels(motion: torch.Tensor) -> list[torch.Tensor]:
     """A motion field ``(2 or 3, T, H, W)`` -> [flow picture, scale picture (if 3 channels)], each (3, T, H, W)."""
-    panels = [flow_to_rgb(motion[:2])]
+    panels = [flow_to_rgb(motion[None, :2])[0]]  # DeCo-VAE's colour wheel (tokenizer.motion)
     if motion.shape[0] > 2:
         s = motion[2:3].float()
         lo, hi = float(s.min()), float(s.max())

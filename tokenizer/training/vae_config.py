@@ -19,6 +19,7 @@ from ..config import ConfigError
 from ..data import DataConfig
 from ..discriminator import DiscriminatorConfig
 from ..losses import LossConfig
+from ..motion import MotionLossConfig
 
 STAGES = ("vae", "motion")
 PRECISIONS = ("no", "bf16", "fp16")
@@ -102,6 +103,7 @@ class VAETrainConfig:
     disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     optim: OptimSection = field(default_factory=OptimSection)
     phases: list[PhaseSection] = field(default_factory=list)
+    motion_loss: MotionLossConfig = field(default_factory=MotionLossConfig)  # train.stage=motion only
     train: TrainSection = field(default_factory=TrainSection)
 
 

@@ -225,9 +225,19 @@ class VAETrainer:
                               f"{self.cfg.model.name} has {', '.join(sorted(names))}")
 
     def _motion_objective(self):
-        from ..motion import motion_pretrain_loss  # DeCo-VAE's self-supervised motion objective
+        """DeCo-VAE's motion pre-training: photometric warp + smoothness loss (``tokenizer.motion``) of the model's
+        motion module on every (x_t, x_0) pair of the batch, keyframe = first frame."""
+        from ..motion import clip_pairs, motion_loss
 
-        return motion_pretrain_loss
+        loss_cfg = self.cfg.motion_loss
+
+        def objective(model: nn.Module, video: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            x_t, x_0 = clip_pairs(video)  # ((b t-1) c h w) each
+            motion, pred = model.motion(x_t, x_0)
+            terms = motion_loss(motion, pred, x_t, loss_cfg)
+            return terms["loss"], {k: v.detach() for k, v in terms.items()}
+
+        return objective
 
     def _any_rank(self, bad: bool) -> bool:
         acc = self.accelerator
@@ -514,6 +524,10 @@ class VAETrainer:
         rows = []
         for i in range(x.shape[0]):
             xi = x[i:i + 1]
+            if self.cfg.train.stage == "motion":  # input | W(x_0, M(x_t, x_0)) | flow | scale
+                m, pred = model.motion(xi[0].transpose(0, 1), xi[:, :, 0].expand(xi.shape[2], -1, -1, -1))
+                rows.append([xi[0], pred.transpose(0, 1).clamp(-1, 1)] + motion_panels(m.transpose(0, 1)))
+                continue
             x_hat = model.decode(model.encode(xi).mode()).clamp(-1, 1)
             panels = [xi[0], x_hat[0]]
             comps = getattr(model, "decoupled_components", None)
