@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipelines.fvd import (ClipRef, feature_stats, frechet_distance, prepare_clip, read_clip,  # noqa: E402
-                           select_real_clips, get_protocol, real_source)
+from pipelines.fvd import (feature_stats, frechet_distance, get_protocol, prepare_clip, read_clip,  # noqa: E402
+                           real_source, select_real_clips)
 from pipelines.i3d import InceptionI3d  # noqa: E402
 
 

@@ -329,6 +329,15 @@ class RealSource:
     name: str  # dataset, e.g. "ucf101" or a folder name
     split: str
     identity: dict  # everything that names these videos (kind, root, split, fold, listing digest)
+    data_clip: Optional[tuple[int, int]] = None  # (num_frames, frame_interval) a data config asked for, if any
+
+    def clip_note(self, protocol: FVDProtocol) -> str:
+        """A warning when the data config's clip shape differs from the protocol's (the protocol wins)."""
+        if self.data_clip is None or self.data_clip == (protocol.num_frames, protocol.real_stride):
+            return ""
+        return (f"the data config's clips ({self.data_clip[0]} frames every {self.data_clip[1]}) are not used: FVD "
+                f"takes only its list of videos; real clips follow protocol {protocol.name} ({protocol.num_frames} "
+                f"frames every {protocol.real_stride}; real_stride=3 reproduces Latte's evaluation)")
 
 
 def _listing_digest(videos: Sequence[str | Path], root: str | Path | None) -> str:
@@ -357,7 +366,7 @@ def real_source(real: Any, overrides: Sequence[str] = ()) -> RealSource:
             split = f"{split}{real.fold}"
         ident = dict(kind=real.kind, root=listing.root, split=split, num_videos=len(videos),
                      listing_sha256=_listing_digest(videos, listing.root))
-        return RealSource(videos, real.kind, split, ident)
+        return RealSource(videos, real.kind, split, ident, (real.num_frames, real.frame_interval))
     if isinstance(real, (str, Path)):
         root = Path(real).expanduser().resolve()
         videos = [str(p) for p in list_clip_sources(root)]
@@ -485,7 +494,7 @@ def compute_fvd(real: Any, fake: Any, protocol: str | FVDProtocol = "fvd16",
         mu_r, sigma_r = feature_stats(extract_features(real_clips, det, desc="I3D real", **feats))
         num_real = len(real_clips)
     else:
-        source = real_source(real, real_overrides)
+        source = real if isinstance(real, RealSource) else real_source(real, real_overrides)
         key = _stats_key(source, protocol, det.info)
         path = _stats_cache_path(cache_dir, source, protocol, det.info, key) if cache_dir else None
         real_info = dict(source=source.identity, stats_cache=str(path) if path else None, cache_hit=False)
@@ -593,12 +602,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         real_is_path = args.real != "samples" and not args.real.endswith((".yaml", ".yml"))
         if real_is_path and not Path(args.real).is_dir():
             raise ConfigError(f"--real: no such folder or data config: {args.real}")
+        real = real_source(args.real, args.real_set)  # lists the videos: a wrong root or split stops here
         from accelerate import PartialState
 
         state = PartialState()  # sets up torch.distributed when launched by `accelerate launch`
         device = state.device if cfg.device == "auto" else torch.device(cfg.device)
         detector = build_detector(cfg.detector, cfg.detector_path, device)  # a missing weights file stops here
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, ValueError) as err:  # DatasetError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
     label = f"{detector.info.label} | " if detector.info.label else ""
@@ -606,9 +616,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = to_yaml(dict(real=args.real, fake=args.fake, real_set=args.real_set, **dataclasses.asdict(cfg),
                             resolved_protocol=protocol.to_dict(), detector_info=detector.info.to_dict()))
         print("\n".join(f"{label}{line}" for line in ["--- resolved FVD config ---", *text.splitlines(), "---"]))
+        if real.clip_note(protocol):
+            print(f"{label}note: {real.clip_note(protocol)}")
     if args.dry_run:
         return 0
-    compute_fvd(args.real, args.fake, protocol, detector, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+    compute_fvd(real, args.fake, protocol, detector, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                 device=device, cache_dir=cfg.stats_cache_dir, out=cfg.out, real_overrides=args.real_set)
     return 0
 

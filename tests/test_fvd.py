@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -238,7 +237,21 @@ def test_cli_random_detector_labels_every_line(ucf_tree, perturbed, tmp_path, ca
     assert result["label"] == RANDOM_LABEL and result["fvd"] > 0 and result["clips"] == {"real": 9, "fake": 9}
 
 
-def test_cli_fails_early_without_weights(tmp_path, capsys, monkeypatch):
+def test_cli_fails_early_without_weights_or_videos(ucf_tree, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("VIDTOK_I3D_PATH", raising=False)
-    rc = fvd.main(["--real", str(tmp_path), "--fake", str(tmp_path), "detector=i3d_pt"])
+    rc = fvd.main(["--real", str(ucf_tree), "--fake", str(tmp_path), "detector=i3d_pt"])
     assert rc == 2 and "i3d_pretrained_400.pt" in capsys.readouterr().err
+    rc = fvd.main(["--real", str(tmp_path), "--fake", str(tmp_path), "detector=random"])
+    assert rc == 2 and "no videos" in capsys.readouterr().err
+
+
+def test_real_split_from_a_data_config_keys_the_cache(ucf_tree, tiny_data_cfg, detector, tiny_protocol, tmp_path):
+    train = fvd.real_source(tiny_data_cfg("ucf101", ucf_tree, split="train", fold=1))
+    test = fvd.real_source(tiny_data_cfg("ucf101", ucf_tree, split="test", fold=1))
+    assert (len(train.videos), len(test.videos)) == (6, 3) and not set(train.videos) & set(test.videos)
+    assert (train.split, test.split) == ("train1", "test1")
+    keys = [fvd._stats_key(s, tiny_protocol, detector.info) for s in (train, test)]
+    paths = {fvd._stats_cache_path(tmp_path, s, tiny_protocol, detector.info, k) for s, k in zip((train, test), keys)}
+    assert len(paths) == 2 and all("ucf101-t" in p.name for p in paths)
+    stride3 = fvd._stats_key(test, tiny_protocol.with_overrides(real_stride=3), detector.info)
+    assert stride3 != keys[1]  # the protocol is part of the key too
