@@ -401,7 +401,7 @@ def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler
         raise SampleError("--num-videos, --batch-size and --steps must be >= 1")
     settings = make_settings(source, sampler, steps, cfg_scale, labels, seed, fps)
     check_out_dir(out, settings)
-    if rank == 0 and not (out / SETTINGS_FILE).is_file():
+    if not (out / SETTINGS_FILE).is_file():  # every rank: same content, atomic, before its first video
         write_json(out / SETTINGS_FILE, asdict(settings))
     mine = list(range(rank, num_videos, world_size))
     expected = {i: sidecar(settings, i, video_label(labels, seed, i, source.num_classes), source.class_names)
@@ -503,7 +503,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tokenizer.config import ConfigError
 
-    state = PartialState()  # one process, or the ranks of `accelerate launch`
+    # one process, or the ranks of `accelerate launch` (on CPU-only machines PartialState must be told cpu=True,
+    # else it reports one process while the launcher started several)
+    state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
     device = state.device if args.device == "auto" else torch.device(args.device)
     try:
         source = open_source(args.ckpt, vae=args.vae, vae_ckpt=args.vae_ckpt, vae_path=args.vae_path,
