@@ -20,6 +20,7 @@ import datetime
 import hashlib
 import json
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -174,7 +175,7 @@ def _encode_shards(plan: CachePlan, shards: list[int], out: Path, device: torch.
                    desc: str) -> None:
     cfg = plan.cfg
     batches = plan.batches(shards)
-    per_shard = {k: sum(1 for s, _ in batches if s == k) for k in shards}
+    per_shard = Counter(k for k, _ in batches)  # VAE calls per shard
     workers = cfg.num_workers
     loader = DataLoader(plan.dataset, batch_sampler=[items for _, items in batches], num_workers=workers,
                         pin_memory=device.type == "cuda", prefetch_factor=cfg.prefetch_factor if workers else None,
