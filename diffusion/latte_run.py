@@ -209,7 +209,7 @@ class LatteRun:
 
 
 def build_from_record(record: dict) -> nn.Module:
-    from . import build_latte
+    from .latte import build_latte
 
     return build_latte(record["name"], **record["config"])
 

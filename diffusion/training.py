@@ -1,0 +1,395 @@
+"""Latte training on a latent cache under accelerate, on the run-directory machinery of ``tokenizer.training``.
+
+One optimisation step (1-based ``step``), ``grad_accum`` micro-batches of ``batch_size`` clips on every process:
+
+1. the stream hands this process its slice of the next global micro-batch (normalised latents, labels);
+2. every clip draws its timestep t ~ U{0..T-1}, its noise and its label-drop coin from a generator seeded by
+   (seed, step, its position in the global batch) -- so the draws, and with them the result, do not depend on how
+   the global batch is split over processes and micro-batches;
+3. the hybrid loss (eps MSE + VLB, IDDPM/DiT) is averaged over the clip's elements, then over the batch; the
+   gradient is averaged over micro-batches (DDP averages it over processes, and syncs on the last micro only);
+4. all processes agree whether every loss and the gradient norm are finite; a bad step is skipped (no weight,
+   optimiser or EMA change; the data moves on) and ``train.max_nonfinite`` bad steps in a row stop the run;
+5. the gradient norm is clipped to ``optim.max_grad_norm`` from step ``optim.clip_start_step + 1`` on (Latte:
+   0.1 after 100k steps), AdamW steps, the EMA follows; log, samples and checkpoints at their intervals.
+
+A restart with the same command resumes from the run folder's ``latest`` checkpoint and takes exactly the steps an
+uninterrupted run would have taken (bit-exact on CPU).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from tokenizer.cache import LatentCacheDataset
+from tokenizer.config import ConfigError, to_dict
+from tokenizer.io import state_dict_fingerprint
+from tokenizer.training import (EMA, ClipStream, NonFiniteGuard, RunDir, RunMonitor, capture_rng, derive_seed,
+                                restore_rng, seed_everything)
+
+from .latte_run import (EMA_FILE, CacheSpec, LatteRun, build_from_record, cache_vae, load_config_vae,  # noqa: F401
+                        load_init_state, load_latte_run, open_cache, run_record, write_run_files)
+from .train_config import LatteTrainConfig, clip_active, validate
+
+STATE_FORMAT = 1
+_DRAW = 0x64726177  # 'draw': the stream of per-clip training draws
+_LATENT = 0x6C61746E  # 'latn': the stream of posterior samples in the cache reader
+
+
+def make_accelerator(cfg: LatteTrainConfig):
+    from accelerate import Accelerator
+
+    t = cfg.train
+    return Accelerator(cpu=t.cpu, mixed_precision=t.mixed_precision,
+                       log_with=None if t.tracker == "none" else t.tracker, project_dir=t.run_dir)
+
+
+class LatteTrainer:
+    """Builds a run from a :class:`LatteTrainConfig`, resumes if it can, and trains.
+
+    Args:
+        cfg: the resolved config.
+        accelerator: an existing ``accelerate.Accelerator`` (default: one built from ``cfg.train``).
+        dataset: a map-style dataset of ``{"latent", "label"}`` items instead of the cache reader (tests).
+    """
+
+    def __init__(self, cfg: LatteTrainConfig, accelerator: Any = None, dataset: Dataset | None = None):
+        from .gaussian_diffusion import GaussianDiffusion
+        from .latte import build_latte
+
+        validate(cfg)
+        self.cfg = cfg
+        t = cfg.train
+        self.accelerator = accelerator or make_accelerator(cfg)
+        acc = self.accelerator
+        self.device = acc.device
+        self.run: RunDir | None = None  # created by setup(): a dry run writes nothing
+
+        # the cache, checked against the config and the VAE that will decode (vae.ckpt)
+        self.vae = load_config_vae(cfg.vae.ckpt) if cfg.vae.ckpt else None
+        self.spec: CacheSpec = open_cache(cfg, self.vae.fingerprint() if self.vae is not None else None)
+        d = cfg.data
+        self.dataset = dataset if dataset is not None else LatentCacheDataset(
+            self.spec.cache_dir, expect_fingerprint=self.spec.vae["fingerprint"], normalize=d.normalize,
+            sample=d.sample_posterior, seed=derive_seed(t.seed, _LATENT))
+        normalizer = getattr(self.dataset, "normalizer", None)
+        if normalizer is None:
+            from tokenizer.cache import LatentNormalizer
+
+            normalizer = LatentNormalizer.from_manifest(self.spec.manifest, d.normalize, d.sample_posterior)
+        self.normalizer = normalizer
+        self.record = run_record(cfg, self.spec, normalizer)
+        if cfg.sample.every > 0 and acc.is_main_process and self.vae is None:
+            self.vae = cache_vae(self.spec.manifest)  # fail now, not at the first sample step
+
+        # model and formulation (identical on every process: same seed; DDP broadcasts rank 0's weights too)
+        seed_everything(t.seed)
+        self.model: nn.Module = build_latte(cfg.model.name, **self.record["config"])
+        self.model.set_gradient_checkpointing(cfg.model.gradient_checkpointing)
+        if self.model.y_embedder is not None:
+            # label dropout: the trainer draws each clip's coin from its own seed (see draws) and passes the null
+            # label itself, so the embedder's coin (from the process's global generator) is switched off
+            self.model.y_embedder.dropout_prob = 0.0
+        self.diffusion = GaussianDiffusion(num_timesteps=cfg.diffusion.num_timesteps,
+                                           beta_schedule=cfg.diffusion.beta_schedule,
+                                           learn_sigma=cfg.model.learn_sigma)
+
+        # data: global micro-batch = batch_size x processes; `grad_accum` of them per step
+        self.stream = ClipStream(self.dataset, t.batch_size, seed=t.seed, rank=acc.process_index,
+                                 world_size=acc.num_processes, num_workers=d.num_workers)
+        self.effective_batch = t.batch_size * acc.num_processes * t.grad_accum
+
+        o = cfg.optim
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                     weight_decay=o.weight_decay)
+        self.step = 0
+        self.history: list[dict[str, float]] = []  # per taken step, the global losses (tests, analysis)
+        self.guard = NonFiniteGuard(t.max_nonfinite, any_rank=self._any_rank, log=self._warn)
+        self.monitor: RunMonitor | None = None
+        self._last_good: str | None = None
+        self._sample_draws: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    # --- helpers ------------------------------------------------------------------------------------------------
+    def _any_rank(self, bad: bool) -> bool:
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return bad
+        flag = torch.tensor([1.0 if bad else 0.0], device=self.device)
+        return bool(acc.reduce(flag, reduction="sum").item() > 0)
+
+    def _mean_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
+        acc = self.accelerator
+        return x if acc.num_processes == 1 else acc.reduce(x.detach().clone(), reduction="mean")
+
+    def _warn(self, msg: str) -> None:
+        if self.monitor is not None:
+            self.monitor.warning(msg)
+        elif self.accelerator.is_main_process:
+            print(msg, flush=True)
+
+    def draws(self, step: int, positions: list[int], shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        """(t, noise, drop) of the clips at ``positions`` of step ``step``'s global batch.
+
+        A function of (seed, step, position) only: per-clip seeds make the run independent of how the global
+        batch is split over processes and micro-batches.
+        """
+        cfg = self.cfg
+        ts, noises, drops = [], [], []
+        for p in positions:
+            g = torch.Generator().manual_seed(derive_seed(cfg.train.seed, _DRAW, step, p))
+            ts.append(torch.randint(0, self.diffusion.num_timesteps, (1,), generator=g))
+            noises.append(torch.randn(shape, generator=g))
+            drops.append(torch.rand(1, generator=g) < cfg.model.class_dropout_prob)
+        return torch.cat(ts), torch.stack(noises), torch.cat(drops)
+
+    # --- state --------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"format": STATE_FORMAT, "step": self.step, "record": self.record,
+                "model": self.accelerator.unwrap_model(self.model_ddp).state_dict(), "ema": self.ema.state_dict(),
+                "opt": self.opt.state_dict(), "data": self.stream.state_dict(), "guard": self.guard.state_dict()}
+
+    def load_state_dict(self, s: dict) -> None:
+        if s.get("format") != STATE_FORMAT:
+            raise ValueError(f"unsupported training-state format {s.get('format')}")
+        old = s["record"]
+        for key in ("name", "config", "latent_shape", "num_classes"):
+            if old[key] != self.record[key]:
+                raise ConfigError(f"the run folder holds a run with {key}={old[key]}; this config gives "
+                                  f"{self.record[key]}: use another train.run_dir")
+        if old["vae"]["fingerprint"] != self.record["vae"]["fingerprint"]:
+            raise ConfigError("the run folder was trained on latents of another VAE (fingerprint "
+                              f"{old['vae']['fingerprint'][:16]}...): use another train.run_dir")
+        self.accelerator.unwrap_model(self.model_ddp).load_state_dict(s["model"])
+        self.ema.load_state_dict(s["ema"])
+        self.opt.load_state_dict(s["opt"])
+        self.stream.load_state_dict(s["data"])
+        self.guard.load_state_dict(s["guard"])
+        self.step = int(s["step"])
+
+    def replica_fingerprints(self) -> list[str]:
+        """The weights fingerprint of every process's model (collective); DDP keeps them identical."""
+        from accelerate.utils import gather_object
+
+        mine = state_dict_fingerprint(self.accelerator.unwrap_model(self.model_ddp).state_dict())
+        return gather_object([mine]) if self.accelerator.num_processes > 1 else [mine]
+
+    def save(self) -> Path:
+        acc, t = self.accelerator, self.cfg.train
+        if t.check_replicas and acc.num_processes > 1:
+            prints = self.replica_fingerprints()
+            if len(set(prints)) != 1:
+                raise RuntimeError(f"step {self.step}: the processes' weights differ ({prints}); the data-parallel "
+                                   "run is out of sync and its checkpoint would be ambiguous")
+            self.monitor.info(f"step {self.step}: weights identical on all {acc.num_processes} processes "
+                              f"({prints[0][:16]}...)")
+        weights = {EMA_FILE: (self.ema.state_dict(), self.record)} if acc.is_main_process else None
+        folder = self.run.save_checkpoint(self.step, self.state_dict() if acc.is_main_process else {},
+                                          rng=capture_rng(), weights=weights)
+        self._last_good = folder.name
+        self.monitor.info(f"step {self.step}: checkpoint {folder}")
+        return folder
+
+    # --- setup: fresh start or resume ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
+        self.run = RunDir.for_accelerator(t.run_dir, acc, keep_last=t.keep_last)
+        changed = self.run.write_config(to_dict(cfg))
+        if acc.is_main_process:
+            write_run_files(self.run.root, self.record, self.spec.manifest)
+        ckpt = self.run.latest()
+        if ckpt is None and cfg.model.init_from:
+            state = load_init_state(cfg.model.init_from)
+            problems = state_dict_misfit(self.model, state)
+            if problems:
+                raise ConfigError(f"model.init_from={cfg.model.init_from} does not fit {cfg.model.name} with "
+                                  f"{self.record['config']}: {'; '.join(problems)}")
+            self.model.load_state_dict(state, strict=True)
+        self.model_ddp, self.opt = acc.prepare(self.model, self.opt)
+        self.forward = torch.compile(self.model_ddp) if cfg.model.compile else self.model_ddp
+        self.ema = EMA(acc.unwrap_model(self.model_ddp), t.ema_decay)
+        rng = None
+        if ckpt is not None:
+            state, rng = self.run.load_checkpoint(ckpt)
+            self.load_state_dict(state)
+            self._last_good = ckpt.name
+        if t.tracker != "none":
+            from tokenizer.training.vae_trainer import _flat_hparams
+
+            acc.init_trackers("tensorboard", config=_flat_hparams(to_dict(cfg)))
+        self.monitor = RunMonitor(self.run.log_path, t.max_steps, self.step, is_main=acc.is_main_process,
+                                  accelerator=acc if t.tracker != "none" else None, show_bar=t.progress_bar,
+                                  name=f"train {cfg.model.name}")
+        m = self.monitor
+        if ckpt is not None:
+            m.info(f"resuming from {ckpt} at step {self.step}" + (f"; config changed: {', '.join(changed)}"
+                                                                   if changed else ""))
+        else:
+            m.info(f"new run in {self.run.root}: {cfg.model.name}, "
+                   f"{sum(p.numel() for p in self.model.parameters()):,} parameters, {acc.num_processes} "
+                   f"process(es) on {acc.device}, mixed precision {acc.mixed_precision}")
+        c, tl, h, w = self.spec.latent_shape
+        m.info(f"cache {self.spec.cache_dir}: {len(self.dataset)} clips, latents ({c}, {tl}, {h}, {w}) of VAE "
+               f"'{self.spec.vae['name']}', {self.spec.num_classes or 'no'} classes, normalize={cfg.data.normalize}")
+        m.info(f"effective batch {self.effective_batch} = {t.batch_size} per process x {acc.num_processes} "
+               f"process(es) x {t.grad_accum} accumulation step(s)")
+        # randomness outside the per-clip draws (none in the model today): per process, restored on resume
+        if rng is not None:
+            restore_rng(rng)
+        else:
+            seed_everything(derive_seed(t.seed, acc.process_index, 1))
+
+    # --- the loop -----------------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train to ``train.max_steps`` (resuming if possible); returns a summary."""
+        self.setup()
+        t = self.cfg.train
+        try:
+            while self.step < t.max_steps:
+                self.train_step()
+        finally:
+            self.monitor.close()
+            if t.tracker != "none":
+                self.accelerator.end_training()
+        return {"step": self.step, "run_dir": str(self.run.root), "skipped": self.guard.total}
+
+    def _micro_batch(self, step: int, micro: int) -> tuple[torch.Tensor, ...]:
+        """This process's latents, labels and draws for micro-batch ``micro`` of step ``step``."""
+        acc, t = self.accelerator, self.cfg.train
+        batch = self.stream.next()
+        x = batch["latent"] if isinstance(batch, dict) else batch
+        n = x.shape[0]
+        first = (micro * acc.num_processes + acc.process_index) * t.batch_size  # position in the global batch
+        tt, noise, drop = self.draws(step, list(range(first, first + n)), tuple(x.shape[1:]))
+        y = None
+        if self.spec.num_classes > 0:
+            y = torch.as_tensor(batch["label"], dtype=torch.long)
+            y = torch.where(drop, torch.full_like(y, self.spec.num_classes), y)  # the null label (CFG training)
+        dev = self.device
+        return x.to(dev), tt.to(dev), noise.to(dev), None if y is None else y.to(dev)
+
+    def train_step(self) -> bool:
+        """One optimisation step (taken or skipped); True if taken."""
+        cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
+        step = self.step + 1
+        t0 = time.perf_counter()
+        self.model_ddp.train()
+        ok = True
+        sums = {"loss": 0.0, "mse": 0.0, "vb": 0.0}
+        for micro in range(t.grad_accum):
+            x, tt, noise, y = self._micro_batch(step, micro)
+            if not ok:
+                continue  # a bad micro-batch: the step is skipped, the data still moves on
+            last = micro == t.grad_accum - 1
+            sync = contextlib.nullcontext() if last else acc.no_sync(self.model_ddp)
+            with sync:
+                with acc.autocast():
+                    terms = self.diffusion.training_losses(self.forward, x, tt, noise=noise, y=y)
+                loss = terms["loss"].mean()
+                ok = self.guard.check(step, {"loss": loss}, self._last_good, final=False)
+                if ok:
+                    acc.backward(loss / t.grad_accum)
+                    for k in sums:
+                        if k in terms:
+                            sums[k] += float(self._mean_over_ranks(terms[k].detach().float().mean())) / t.grad_accum
+        gn = None
+        if ok:
+            clip = clip_active(cfg, step)
+            gn = acc.clip_grad_norm_(self.model_ddp.parameters(), cfg.optim.max_grad_norm if clip else math.inf)
+            ok = self.guard.check(step, {"grad_norm": gn}, self._last_good)
+        if ok:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if not ok:
+            return False
+        self.step = step
+        self.ema.update(acc.unwrap_model(self.model_ddp), step)
+        values = {k: v for k, v in sums.items() if k == "loss" or v != 0.0} | {"grad_norm": float(gn)}
+        self.history.append(values)
+        self._after_step(step, values, time.perf_counter() - t0)
+        return True
+
+    def _after_step(self, step: int, values: dict[str, float], dt: float) -> None:
+        t, m = self.cfg.train, self.monitor
+        rate = m.rate(step)
+        m.step(step, {"loss": values["loss"], "samples/s": rate * self.effective_batch})
+        if step % t.log_every == 0 or step == t.max_steps:
+            m.scalars(step, {f"train/{k}": v for k, v in values.items()}
+                      | {"train/lr": self.opt.param_groups[0]["lr"], "train/samples_per_s": rate * self.effective_batch,
+                         "train/effective_batch": self.effective_batch})
+            text = " ".join(f"{k}={v:.5g}" for k, v in values.items())
+            m.info(f"step {step}/{t.max_steps} {text} {rate:.3g} it/s {rate * self.effective_batch:.3g} samples/s "
+                   f"(batch {self.effective_batch})")
+        s = self.cfg.sample
+        if s.every and (step % s.every == 0 or step == t.max_steps):
+            self.write_samples(step)
+        if step % t.checkpoint_every == 0 or step == t.max_steps:
+            self.save()
+
+    # --- samples ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_latents(self, model: nn.Module | None = None, num: int | None = None, seed: int | None = None,
+                       sampler: str | None = None, steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(latents in diffusion space (n, C, T', H', W'), labels or None) from ``model`` (default: the EMA)."""
+        from . import samplers
+
+        s = self.cfg.sample
+        model = model if model is not None else self.ema.module
+        num, seed = num or s.num, s.seed if seed is None else seed
+        shape = (num, *self.spec.latent_shape)
+        gens = [torch.Generator().manual_seed(derive_seed(seed, i)) for i in range(num)]
+        noise = torch.stack([torch.randn(shape[1:], generator=g) for g in gens]).to(self.device)
+        y = None
+        if self.spec.num_classes > 0:
+            y = torch.tensor([i % self.spec.num_classes for i in range(num)], device=self.device)
+        fn = {"ddim": samplers.ddim_sample, "ddpm": samplers.ddpm_sample}[sampler or s.sampler]
+        was_training = model.training
+        model.eval()
+        z = fn(model, shape, self.diffusion, steps=steps or s.steps, noise=noise, generator=gens, y=y,
+               cfg_scale=s.cfg_scale if y is not None else 1.0, progress=False)
+        model.train(was_training)
+        return z, y
+
+    @torch.no_grad()
+    def write_samples(self, step: int) -> Path | None:
+        """A grid of EMA samples decoded with the cache's VAE, in ``samples/step-NNNNNN.{gif,mp4}``."""
+        if not self.accelerator.is_main_process:
+            return None
+        from tokenizer.training.samples import write_panels
+
+        if self.vae is None:
+            self.vae = cache_vae(self.spec.manifest)
+        z, _ = self.sample_latents()
+        vae = self.vae.to(self.device)
+        video = vae.decode(self.normalizer.denormalize(z.float())).clamp(-1, 1)  # (n, 3, T, H, W)
+        path = self.run.samples_dir / f"step-{step:06d}.{self.cfg.sample.format}"
+        write_panels(path, [[v] for v in video], fps=self.cfg.sample.fps)
+        self.monitor.info(f"step {step}: samples {path}")
+        return path
+
+
+def state_dict_misfit(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Why ``state`` would not load strictly into ``model``: missing and unexpected names, differing shapes."""
+    own = model.state_dict()
+    out = []
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing:
+        out.append(f"missing {missing[:6]}{' ...' if len(missing) > 6 else ''}")
+    if unexpected:
+        out.append(f"unexpected {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}")
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]
+    if shapes:
+        out.append(f"shapes differ (checkpoint vs model): {shapes[:4]}{' ...' if len(shapes) > 4 else ''}")
+    return out
+
+
+def train(cfg: LatteTrainConfig, accelerator: Any = None, dataset: Dataset | None = None) -> dict:
+    """Build a :class:`LatteTrainer` and run it to ``train.max_steps``."""
+    return LatteTrainer(cfg, accelerator=accelerator, dataset=dataset).fit()
