@@ -255,3 +255,26 @@ def test_real_split_from_a_data_config_keys_the_cache(ucf_tree, tiny_data_cfg, d
     assert len(paths) == 2 and all("ucf101-t" in p.name for p in paths)
     stride3 = fvd._stats_key(test, tiny_protocol.with_overrides(real_stride=3), detector.info)
     assert stride3 != keys[1]  # the protocol is part of the key too
+
+
+def test_generated_folder_of_mp4_gif_and_frame_folders(tmp_path, tiny_protocol):
+    from PIL import Image
+
+    from tokenizer.data import read_video_frames, sample_videos_dir, write_video
+
+    frames = read_video_frames(sample_videos_dir() / "carphone_pristine.mp4", range(10))[:, :64, :64]  # t h w c
+    write_video(tmp_path / "b.mp4", frames, fps=8)
+    write_video(tmp_path / "a.gif", frames, fps=8)
+    (tmp_path / "c").mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(f.numpy()).save(tmp_path / "c" / f"{i}.png")
+    sources = fvd.list_clip_sources(tmp_path)
+    assert [p.name for p in sources] == ["a.gif", "b.mp4", "c"]
+    clips = fvd.fake_clips(sources, tiny_protocol)
+    assert all(c.indices == tuple(range(8)) for c in clips)
+    for clip in clips:
+        got = fvd.read_clip(clip)
+        assert got.shape == (8, 64, 64, 3)
+        assert (got.float() - frames[:8].float()).abs().mean() < 8  # lossless PNG, palette GIF, H.264 mp4
+    with pytest.raises(Exception, match="needs frame 15"):
+        fvd.fake_clips(sources, fvd.fvd16)  # 10 frames cannot give a 16-frame clip
