@@ -15,7 +15,8 @@ Each argument is a JSON file or a folder (searched for ``*.json``). Each JSON is
 - a VAE description (:meth:`tokenizer.VideoVAE.describe`): ``name``, ``parameters``, ``compression``,
   ``latent_channels``.
 
-Rows are keyed by the VAE's registry name; a file that names no VAE, or is none of the above (per-video sidecars,
+Rows are keyed by the VAE's registry name; for a registered preset, facts no file states (parameters, compression,
+latent shape of the clip an input names) come from the preset built on the meta device. A file that names no VAE, or is none of the above (per-video sidecars,
 training configs), is ignored. A missing number shows as "—". An FVD or rFVD computed with a randomly initialised
 I3D is marked "†" (not comparable to published numbers), an FVD with fewer clips than its protocol asks "‡".
 Outputs (atomically): ``vae_report.md`` (the table), ``vae_report.png`` (FVD16 against rFVD) and
@@ -36,6 +37,7 @@ from tokenizer.io import atomic_path, write_json, write_text
 MISSING = "—"
 RANDOM_MARK = "†"
 INCOMPLETE_MARK = "‡"
+LPIPS_RANDOM_MARK = "§"
 COLUMNS = ("VAE", "params (M)", "latent shape", "compression", "encode (ms/clip)", "decode (ms/clip)", "PSNR",
            "SSIM", "LPIPS", "rFVD", "Latte FVD16", "Latte steps")
 
@@ -55,6 +57,7 @@ class VAERow:
     psnr: Optional[float] = None
     ssim: Optional[float] = None
     lpips: Optional[float] = None
+    lpips_random: bool = False
     rfvd: Optional[float] = None
     rfvd_random: bool = False
     fvd16: Optional[float] = None
@@ -72,9 +75,7 @@ class VAERow:
         self.sources.append(source)
 
     def compression_ratio(self) -> Optional[float]:
-        """Pixel values per latent value: 3 T H W / (c t h w), from the clip and latent shapes, else t h w 3 / c."""
-        if self.latent_shape and self.clip_shape:
-            return math.prod(self.clip_shape) / math.prod(self.latent_shape)
+        """Pixel values per latent value of the architecture, 3 t h w / c (a causal VAE's lone first frame aside)."""
         if self.compression and self.latent_channels:
             return 3 * math.prod(self.compression) / self.latent_channels
         return None
@@ -119,9 +120,10 @@ def _recon_values(d: dict) -> dict:
     metrics = d.get("metrics") if isinstance(d.get("metrics"), dict) else d
     rfvd = metrics.get("rfvd")
     has_rfvd = _number(rfvd) is not None  # the flag travels with the number it describes
-    return dict(psnr=_number(metrics.get("psnr")), ssim=_number(metrics.get("ssim")),
-                lpips=_number(metrics.get("lpips")), rfvd=_number(rfvd),
-                rfvd_random=_is_random(rfvd) if has_rfvd else None, **_vae_facts(d))
+    lpips = _number(metrics.get("lpips"))
+    return dict(psnr=_number(metrics.get("psnr")), ssim=_number(metrics.get("ssim")), lpips=lpips,
+                lpips_random=bool(d.get("lpips_random_backbone")) if lpips is not None else None,
+                rfvd=_number(rfvd), rfvd_random=_is_random(rfvd) if has_rfvd else None, **_vae_facts(d))
 
 
 def _vae_facts(d: dict) -> dict:
@@ -133,8 +135,9 @@ def _vae_facts(d: dict) -> dict:
     enc = d.get("encode_ms", None if d.get("encode_s") is None else float(d["encode_s"]) * 1000)
     dec = d.get("decode_ms", None if d.get("decode_s") is None else float(d["decode_s"]) * 1000)
     clip = _shape(d.get("clip_shape"))
-    if clip is None and d.get("frames") and d.get("size"):  # bench_vae rows: frames and square size
-        clip = [3, int(d["frames"]), int(d["size"]), int(d["size"])]
+    side = d.get("size", d.get("resolution"))  # bench_vae rows: size; eval_recon rows: resolution (square clips)
+    if clip is None and isinstance(d.get("frames"), int) and isinstance(side, int):
+        clip = [3, int(d["frames"]), int(side), int(side)]
     return dict(parameters=int(params) if isinstance(params, (int, float)) else None,
                 latent_shape=_shape(d.get("latent_shape")), clip_shape=clip,
                 compression=_shape(vae.get("compression", d.get("compression"))),
@@ -193,7 +196,31 @@ def collect_rows(inputs: Sequence[str | Path]) -> list[VAERow]:
                 continue  # not one of ours
             for name, values in classify(doc):
                 rows.setdefault(name, VAERow(name)).update(values, str(path))
+    for row in rows.values():
+        fill_from_registry(row)
     return list(rows.values())
+
+
+def fill_from_registry(row: VAERow) -> None:
+    """Architecture facts no file stated, from the registry preset built on the meta device (no memory, no
+    weights): parameter count, compression, channels, and the latent shape of the clip the metrics used."""
+    import torch
+
+    from tokenizer import FrameCountError, build_vae, vae_names
+
+    if row.vae not in vae_names():
+        return  # not a toolkit preset (e.g. 'sd'): only what the files say
+    with torch.device("meta"):
+        vae = build_vae(row.vae)
+    if row.parameters is None:
+        row.parameters = sum(p.numel() for p in vae.parameters())
+    row.compression = row.compression or list(vae.compression)
+    row.latent_channels = row.latent_channels or vae.latent_channels
+    if row.latent_shape is None and row.clip_shape:
+        try:
+            row.latent_shape = list(vae.latent_shape(*row.clip_shape[1:]))
+        except (FrameCountError, ValueError):
+            pass  # a clip the VAE does not take: leave it "—"
 
 
 # ------------------------------------------------------------------------------------------------- rendering
@@ -213,7 +240,8 @@ def table_row(r: VAERow) -> list[str]:
         fvd += (RANDOM_MARK if r.fvd_random else "") + (INCOMPLETE_MARK if r.fvd_incomplete else "")
     return [f"`{r.vae}`", _fmt(None if r.parameters is None else r.parameters / 1e6, 2),
             MISSING if not r.latent_shape else "×".join(map(str, r.latent_shape)), comp,
-            _fmt(r.encode_ms, 1), _fmt(r.decode_ms, 1), _fmt(r.psnr, 2), _fmt(r.ssim, 4), _fmt(r.lpips, 4), rfvd,
+            _fmt(r.encode_ms, 1), _fmt(r.decode_ms, 1), _fmt(r.psnr, 2), _fmt(r.ssim, 4),
+            _fmt(r.lpips, 4) + (LPIPS_RANDOM_MARK if r.lpips is not None and r.lpips_random else ""), rfvd,
             fvd, MISSING if r.train_steps is None else str(r.train_steps)]
 
 
@@ -223,9 +251,13 @@ def markdown(rows: Sequence[VAERow], title: str = "VAE choice: reconstruction vs
     notes = [f"{MISSING}: not measured."]
     if any(r.rfvd_random and r.rfvd is not None or r.fvd_random and r.fvd16 is not None for r in rows):
         notes.append(f"{RANDOM_MARK}: computed with a RANDOM-INIT I3D: not comparable to published FVD.")
+    if any(r.lpips_random and r.lpips is not None for r in rows):
+        notes.append(f"{LPIPS_RANDOM_MARK}: random-init LPIPS backbone: not comparable to published LPIPS.")
     if any(r.fvd_incomplete and r.fvd16 is not None for r in rows):
         notes.append(f"{INCOMPLETE_MARK}: fewer clips than the FVD protocol asks: not comparable to published FVD16.")
-    notes.append("Compression: t×h×w (pixel values per latent value). Latent shape: c×t×h×w of one clip.")
+    notes.append("Compression: t×h×w (pixel values per latent value, 3·t·h·w / c). Latent shape: c×t×h×w of one clip, "
+                 "as stated by the inputs (sample.py: the clip Latte trained on) or, for a registered preset, "
+                 "computed for the last clip an input names.")
     lines += ["", *notes, ""]
     fvd_lines = [f"- `{r.vae}`: {r.fvd_line}" for r in rows if r.fvd_line]
     if fvd_lines:

@@ -427,7 +427,10 @@ def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler
 
 def fvd_record(result: Any, source: LatteSource, settings: SampleSettings, num_videos: int) -> dict:
     """What ``OUT/fvd.json`` holds; :mod:`pipelines.report` reads it (``kind: latte_fvd``)."""
+    c, t, h, w = source.latent_shape
+    s = source.vae.compression[1]
     return dict(kind="latte_fvd", vae=source.vae_name, vae_fingerprint=source.vae_fingerprint,
+                latent_shape=[c, t, h, w], clip_shape=[3, source.num_frames, h * s, w * s],
                 checkpoint=source.checkpoint, weights=source.which, train_steps=source.train_steps,
                 num_videos=num_videos, settings=asdict(settings), fvd=result.to_dict())
 

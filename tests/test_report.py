@@ -37,9 +37,12 @@ def inputs(tmp_path_factory, pair):
     for name, rec in (("plain-tiny", y), ("other-vae", x.flip(-1))):
         m = ReconMetrics(lpips=False, fvd_detector=det, fvd_resolution=32)
         m.update(torch.cat([x, x.flip(-2)]), torch.cat([rec, rec.flip(-2)]))
-        recon[name] = dict(vae=name, **m.compute())
+        recon[name] = m.compute()
+        # plain-tiny as eval_recon writes it (metrics nested, clip facts beside), the other one flat
+        doc = dict(vae=name, frames=5, resolution=64, lpips_random_backbone=False, metrics=recon[name]) \
+            if name == "plain-tiny" else dict(vae=name, **recon[name])
         (root / "eval" / name).mkdir(parents=True)
-        (root / "eval" / name / "recon.json").write_text(json.dumps(recon[name]))
+        (root / "eval" / name / "recon.json").write_text(json.dumps(doc))
     vae = build_vae("plain-tiny")
     (root / "plain-tiny-describe.json").write_text(json.dumps(vae.describe()))
     protocol = get_protocol("fvd16", num_frames=6, resolution=32)
@@ -53,7 +56,7 @@ def inputs(tmp_path_factory, pair):
     (root / "config.json").write_text(json.dumps({"lr": 1e-4}))  # names no VAE
     (root / "broken.json").write_text("{not json")
     params = sum(q.numel() for q in vae.parameters())
-    bench = [dict(model="plain-tiny", peer=False, frames=16, size=64, compression="4x8x8", latent_channels=4,
+    bench = [dict(model="plain-tiny", peer=False, frames=17, size=64, compression="4x8x8", latent_channels=4,
                   params_M=params / 1e6, tflops=0.1, encode_s=0.0123, decode_s=0.0456),
              dict(model="cogvideox", peer=True, frames=16, size=64, params_M=215.0, encode_s=1.0, decode_s=2.0)]
     (root / "bench.json").write_text(json.dumps(bench))
@@ -82,6 +85,8 @@ def test_report_one_row_per_vae_from_real_producers(inputs, tmp_path):
     assert p["params (M)"] == f"{rows['plain-tiny'].parameters / 1e6:.2f}"
     assert p["encode (ms/clip)"] == "12.3" and p["decode (ms/clip)"] == "45.6"
     assert p["compression"].startswith("×".join(map(str, vae.compression)))
+    # no file states a latent shape: the one of the last clip stated (eval_recon's 5 x 64 x 64), by the preset's rule
+    assert p["latent shape"] == "×".join(map(str, vae.latent_shape(5, 64, 64)))
     assert p["LPIPS"] == MISSING  # measured with lpips=False
     o = cells["other-vae"]
     for col in ("params (M)", "latent shape", "compression", "encode (ms/clip)", "Latte FVD16", "Latte steps"):

@@ -221,6 +221,7 @@ def test_fvd_json_feeds_the_report(tiny_run, tiny_cache, tmp_path):
     assert record["fvd"]["label"] and np.isfinite(record["fvd"]["fvd"])  # random I3D: labelled
     (row,) = collect_rows([out])
     assert (row.vae, row.train_steps, row.fvd_random, row.fvd_incomplete) == ("plain-tiny", 3, True, True)
+    assert (row.latent_shape, row.clip_shape) == ([16, 3, 4, 4], [3, 9, 32, 32])  # what Latte was trained on
 
 
 def test_released_checkpoint_with_framewise_sd_vae(tmp_path, capsys):
