@@ -16,6 +16,7 @@ memory does not hide another's):
 - time: wall-clock seconds of encode and of decode, best of ``--repeat`` (after ``--warmup`` untimed passes);
 - memory: the process's peak resident set size (``ru_maxrss``: weights + activations + the Python/torch baseline)
   and its growth during encode + decode (peak RSS after minus peak RSS before the first pass);
+- the machine's 1-minute load average when the model finished (on a shared machine other jobs slow it down);
 - FLOPs: counted by ``torch.utils.flop_counter`` on the meta device at the same shape (convs and matmuls);
   ``--count-only`` prints parameters and FLOPs alone, without running anything. A model that cannot run on the
   meta device is counted on CPU at 64 x 64 and scaled by the pixel count (marked ≈; exact for convolutions).
@@ -103,11 +104,12 @@ def measure(spec: str, frames: int, size: int, repeat: int, warmup: int) -> dict
                 enc_times.append(mid - start)
                 dec_times.append(end - mid)
     rss_after = _peak_rss_mib()
+    load = os.getloadavg()[0]  # 1-minute load average at the end: other jobs on this machine skew the times
     assert out.shape == clip.shape, (spec, tuple(out.shape), tuple(clip.shape))
     del model, z, out
     best = min(range(repeat), key=lambda i: enc_times[i] + dec_times[i])
     return {**count(spec, frames, size), "encode_s": enc_times[best], "decode_s": dec_times[best],
-            "peak_rss_mib": rss_after, "rss_growth_mib": rss_after - rss_before}
+            "peak_rss_mib": rss_after, "rss_growth_mib": rss_after - rss_before, "load": load}
 
 
 def default_vaes() -> list[str]:
@@ -118,15 +120,16 @@ def default_vaes() -> list[str]:
 
 def table(rows: list[dict]) -> str:
     lines = ["| model | compression / channels | clip | params (M) | TFLOPs | encode (s) | decode (s) | "
-             "encode + decode (s) | peak RSS (MiB) | RSS growth (MiB) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "encode + decode (s) | peak RSS (MiB) | RSS growth (MiB) | load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         name = f"{r['model']} (diffusers peer)" if r["peer"] else f"`{r['model']}`"
         if "error" in r:
-            lines.append(f"| {name} | | | | | failed: {r['error']} | | | | |")
+            lines.append(f"| {name} | | | | | failed: {r['error']} | | | | | |")
             continue
         timed = (f"{r['encode_s']:.1f} | {r['decode_s']:.1f} | {r['encode_s'] + r['decode_s']:.1f} | "
-                 f"{r['peak_rss_mib']:.0f} | {r['rss_growth_mib']:.0f}") if "encode_s" in r else "- | - | - | - | -"
+                 f"{r['peak_rss_mib']:.0f} | {r['rss_growth_mib']:.0f} | {r.get('load', float('nan')):.1f}") \
+            if "encode_s" in r else "- | - | - | - | - | -"
         lines.append(f"| {name} | {r['compression']} / {r['latent_channels']} | {r['frames']}x{r['size']}x{r['size']} "
                      f"| {r['params_M']:.1f} | {'≈' if r['flops_approx'] else ''}{r['tflops']:.2f} | {timed} |")
     return "\n".join(lines)

@@ -149,6 +149,16 @@ def test_missing_unused_and_mismatched_keys_are_listed(image_vae_dir, tmp_path):
         build_vae("vcvae-tiny", init_from=wide, layers_per_block=2)
 
 
+def test_inflated_model_round_trip(image_vae_dir, tmp_path):
+    """An inflated VC-VAE saves and reloads bit-exactly, with the image VAE's latent normalisation."""
+    from tokenizer import load_vae
+
+    model = build_vae("vcvae-8x-tiny", init_from=image_vae_dir[0], layers_per_block=2)
+    loaded = load_vae(model.save_pretrained(tmp_path / "vc"))
+    assert loaded.fingerprint() == model.fingerprint() and loaded.config == model.config
+    assert (loaded.scaling_factor, loaded.shift_factor) == (0.5, 0.25)
+
+
 def test_plain_refuses_init_from(image_vae_dir):
     with pytest.raises(ValueError, match="cannot be initialised from an image VAE"):
         build_vae("plain-tiny", init_from=image_vae_dir[0])
