@@ -16,9 +16,10 @@ Each argument is a JSON file or a folder (searched for ``*.json``). Each JSON is
   ``latent_channels``.
 
 Rows are keyed by the VAE's registry name; for a registered preset, facts no file states (parameters, compression,
-latent shape of the clip an input names) come from the preset built on the meta device. A file that names no VAE, or is none of the above (per-video sidecars,
-training configs), is ignored. A missing number shows as "—". An FVD or rFVD computed with a randomly initialised
-I3D is marked "†" (not comparable to published numbers), an FVD with fewer clips than its protocol asks "‡".
+latent shape of the clip an input names) come from the preset built on the meta device. A file that names no VAE,
+or is none of the above (per-video sidecars, training configs), is ignored. A missing number shows as "—". An FVD
+or rFVD computed with a randomly initialised I3D is marked "†" (not comparable to published numbers), an FVD with
+fewer clips than its protocol asks "‡", an LPIPS with a random backbone "§".
 Outputs (atomically): ``vae_report.md`` (the table), ``vae_report.png`` (FVD16 against rFVD) and
 ``vae_report.json`` (the merged rows).
 """
@@ -255,8 +256,8 @@ def markdown(rows: Sequence[VAERow], title: str = "VAE choice: reconstruction vs
         notes.append(f"{LPIPS_RANDOM_MARK}: random-init LPIPS backbone: not comparable to published LPIPS.")
     if any(r.fvd_incomplete and r.fvd16 is not None for r in rows):
         notes.append(f"{INCOMPLETE_MARK}: fewer clips than the FVD protocol asks: not comparable to published FVD16.")
-    notes.append("Compression: t×h×w (pixel values per latent value, 3·t·h·w / c). Latent shape: c×t×h×w of one clip, "
-                 "as stated by the inputs (sample.py: the clip Latte trained on) or, for a registered preset, "
+    notes.append("Compression: t×h×w (pixel values per latent value, 3·t·h·w / c). Latent shape: c×t×h×w of "
+                 "one clip, as stated by the inputs (sample.py: the clip Latte trained on) or, for a registered preset, "
                  "computed for the last clip an input names.")
     lines += ["", *notes, ""]
     fvd_lines = [f"- `{r.vae}`: {r.fvd_line}" for r in rows if r.fvd_line]

@@ -66,7 +66,8 @@ class FramewiseImageVAE(torch.nn.Module):
         self.model, self.name, self.frames_per_call = model.eval(), name, frames_per_call
         self.scaling_factor = float(getattr(model.config, "scaling_factor", None) or SD_SCALING_FACTOR)
         self.latent_channels = int(model.config.latent_channels)
-        self.compression = (1, 2 ** (len(model.config.block_out_channels) - 1), 2 ** (len(model.config.block_out_channels) - 1))
+        s = 2 ** (len(model.config.block_out_channels) - 1)  # one 2x downsample per block but the last
+        self.compression = (1, s, s)
 
     @classmethod
     def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu") -> "FramewiseImageVAE":
