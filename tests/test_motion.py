@@ -109,7 +109,7 @@ def test_pretrained_estimator_beats_zero_motion_on_held_out_frames(bikes):
     history = pretrain_motion(module, clips(), steps=150, lr=2e-3)
     err, zero = warp_error(module, test)
     assert np.mean(history[-20:]) < np.mean(history[:20])
-    print(f"held-out warp error {err:.4f}, zero motion {zero:.4f}, HS {warp_error(MotionModule(MotionConfig(kind='classical')), test)[0]:.4f}")
+    print(f"held-out warp error {err:.4f}, zero motion {zero:.4f}")
     assert err < 0.95 * zero, (err, zero)
 
 

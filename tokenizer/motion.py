@@ -139,6 +139,9 @@ class ScaleSpaceWarp(nn.Module):
         b, _, t, h, w = motion.shape
         if ref.shape[0] != b or ref.shape[-2:] != (h, w):
             raise ValueError(f"warp: reference {tuple(ref.shape)} and motion {tuple(motion.shape)} do not match")
+        if min(h, w) < 2 ** (self.num_levels - 1):
+            raise ValueError(f"warp: frames of {h}x{w} are too small for a {self.num_levels + 1}-level scale-space "
+                             f"volume (need at least {2 ** (self.num_levels - 1)} px a side)")
         no_autocast = torch.autocast(ref.device.type, enabled=False) if torch.amp.is_autocast_available(
             ref.device.type) else contextlib.nullcontext()  # (the meta device, used for FLOP counts, has no autocast)
         with no_autocast:  # sampling positions need float32
@@ -178,7 +181,7 @@ class MotionEstimator(nn.Module):
     Encoder: a stride-2 stem (the field is predicted at half resolution, like most flow networks, at a quarter of
     the cost), then one stride-2 level per further entry of ``channels``; decoder: bilinear 2x upsampling,
     concatenation with the skip, two convs; head: 3x3 conv to (flow x, flow y, raw scale), bilinearly upsampled to
-    the input size (normalised flow needs no rescaling).
+    the input size, its flow read as pixels of the input and converted to normalised units.
     """
 
     def __init__(self, cfg: MotionConfig):
@@ -325,8 +328,9 @@ class MotionModule(nn.Module):
 def flow_to_rgb(motion: torch.Tensor, max_flow: float | None = None) -> torch.Tensor:
     """Flow as a colour picture: (b 2|3 [t] h w) -> (b 3 [t] h w) in [-1, 1] (the video convention).
 
-    Hue = direction (0 = +x, red; counter-clockwise in image coordinates), saturation = magnitude / ``max_flow``
-    (default: the largest magnitude per sample), value = 1, so zero motion is white. The scale channel is ignored.
+    Hue = direction, ``atan2(flow_y, flow_x) / 2 pi`` in image axes (y down; +x is red), saturation =
+    magnitude / ``max_flow`` (default: the largest magnitude per sample), value = 1, so zero motion is white. The
+    scale channel is ignored.
     """
     flow = flow_norm_to_px(motion[:, :2].float())
     mag = flow.norm(dim=1)  # b [t] h w

@@ -275,21 +275,25 @@ class DeCoVAE(VideoVAE):
             return [z]
         return list(torch.split(z, list(self.config.component_channels), dim=1))
 
-    def decode_components(self, z: torch.Tensor, cache: FrameCache | None = None,
-                          which: tuple[str, ...] = COMPONENTS) -> dict[str, torch.Tensor]:
+    def decode_components(self, z: torch.Tensor, which: tuple[str, ...] = COMPONENTS,
+                          caches: dict[str, FrameCache] | None = None) -> dict[str, torch.Tensor]:
         """Eq. 3: the decoded components ``which`` of latent frames z, each (b 3 t h w).
 
-        Dedicated: the one shared decoder runs once on the requested latents stacked along the batch (each
-        zero-padded to the decoder's input width); concat: the decoder returns the nine channels at once.
+        Dedicated: the one shared decoder runs on each requested latent in turn, zero-padded to its input width
+        (one at a time, so that inference memory is that of one decoder pass); concat: the decoder returns the
+        nine channels at once. ``caches`` {component: FrameCache} carries each stream across chunks.
         """
         parts = self.split_latent(z)
+
+        def cache(stream: str) -> FrameCache | None:
+            return None if caches is None else caches.setdefault(stream, FrameCache())
+
         if self.config.decoupling == "concat":
-            out = dict(zip(COMPONENTS, self.decoder(parts[0], cache).chunk(3, dim=1)))  # b 9 t h w -> 3 x (b 3 ..)
+            out = dict(zip(COMPONENTS, self.decoder(parts[0], cache("all")).chunk(3, dim=1)))  # b 9 t h w -> 3 x b 3
             return {c: out[c] for c in which}
         width, latents = self.decoder.config.latent_channels, dict(zip(COMPONENTS, parts))
-        zs = [F.pad(latents[c], (0, 0, 0, 0, 0, 0, 0, width - latents[c].shape[1])) for c in which]  # b width t h w
-        decoded = self.decoder(torch.cat(zs, dim=0), cache).chunk(len(which), dim=0)  # (n b) 3 T H W -> n x (b ..)
-        return dict(zip(which, decoded))
+        return {c: self.decoder(F.pad(latents[c], (0, 0, 0, 0, 0, 0, 0, width - latents[c].shape[1])), cache(c))
+                for c in which}  # each latent (b width t h w), zero channels appended
 
     def _latent_start(self, latent_start: int) -> int:
         """First frame decoded from latent frame ``latent_start`` (causal layout: 0 -> 0, j -> 4j - 3)."""
@@ -320,14 +324,14 @@ class DeCoVAE(VideoVAE):
         if chunk_size < 1:
             raise ValueError(f"{self.name}: chunk_size must be >= 1 latent frame, got {chunk_size}")
         chunks = frame_chunks(z.shape[2], chunk_size, lone_first=True)
-        cache, sums, counts = FrameCache(), {}, {}
+        caches, sums, counts = {}, {}, {}
         for sl in chunks:  # pass 1: the keyframe stream -> x_hat_0 of every group
-            k = self.decode_components(z[:, :, sl], cache, which=("keyframe",))["keyframe"]
+            k = self.decode_components(z[:, :, sl], ("keyframe",), caches)["keyframe"]
             self._keyframe_sums(k, self._latent_start(sl.start), sums, counts)
         keyframe_hat = {k: sums[k] / counts[k] for k in sums}
-        cache, out = FrameCache(), []
+        caches, out = {}, []
         for sl in chunks:  # pass 2: motion and residual, recoupled as they come
-            comps = self.decode_components(z[:, :, sl], cache, which=("motion", "residual"))
+            comps = self.decode_components(z[:, :, sl], ("motion", "residual"), caches)
             out.append(self.recouple(keyframe_hat, comps["motion"], comps["residual"], self._latent_start(sl.start)))
         return torch.cat(out, dim=2)
 
