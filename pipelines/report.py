@@ -257,8 +257,8 @@ def markdown(rows: Sequence[VAERow], title: str = "VAE choice: reconstruction vs
     if any(r.fvd_incomplete and r.fvd16 is not None for r in rows):
         notes.append(f"{INCOMPLETE_MARK}: fewer clips than the FVD protocol asks: not comparable to published FVD16.")
     notes.append("Compression: t×h×w (pixel values per latent value, 3·t·h·w / c). Latent shape: c×t×h×w of "
-                 "one clip, as stated by the inputs (sample.py: the clip Latte trained on) or, for a registered preset, "
-                 "computed for the last clip an input names.")
+                 "one clip, as stated by the inputs (sample.py: the clip Latte trained on) or, for a registered "
+                 "preset, computed for the last clip an input names.")
     lines += ["", *notes, ""]
     fvd_lines = [f"- `{r.vae}`: {r.fvd_line}" for r in rows if r.fvd_line]
     if fvd_lines:
