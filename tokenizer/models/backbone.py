@@ -21,7 +21,6 @@ Chunked inference: ``encode(video, chunk_size)`` / ``decode(z, chunk_size)`` run
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -266,7 +265,8 @@ class Backbone3DVAE(VideoVAE):
     def decode(self, z: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """z (b latent t' h' w') -> video (b c t h w); ``chunk_size`` in latent frames for chunked decoding."""
         if z.ndim != 5 or z.shape[1] != self.latent_channels:
-            raise ValueError(f"{self.name}: expected a latent (b, {self.latent_channels}, t, h, w), got {tuple(z.shape)}")
+            raise ValueError(f"{self.name}: expected a latent (b, {self.latent_channels}, t, h, w), "
+                             f"got {tuple(z.shape)}")
         if chunk_size is None:
             return self.decoder(z)
         if chunk_size < 1:
@@ -279,8 +279,3 @@ class Backbone3DVAE(VideoVAE):
         self.encoder.gradient_checkpointing = enabled
         self.decoder.gradient_checkpointing = enabled
 
-
-def backbone_fields(config: BackboneConfig) -> dict:
-    """The BackboneConfig part of a (possibly larger) config, e.g. to build a DeCo-VAE encoder."""
-    names = {f.name for f in dataclasses.fields(BackboneConfig)}
-    return {k: v for k, v in dataclasses.asdict(config).items() if k in names}

@@ -37,9 +37,6 @@ class FrameCache:
     def mark_seen(self, module: nn.Module) -> None:
         self._seen.add(id(module))
 
-    def __len__(self) -> int:
-        return len(self._seen)
-
 
 def is_first_chunk(cache: FrameCache | None, module: nn.Module) -> bool:
     """Whole-clip calls (``cache=None``) and the first chunk of a streamed clip start the sequence."""
