@@ -14,7 +14,8 @@ from omegaconf import MISSING
 
 from tokenizer.config import ConfigError
 
-PRECISIONS = ("no", "bf16", "fp16")
+# fp16 is left out: its dynamic loss scaler must see overflowing steps, which the non-finite guard skips
+PRECISIONS = ("no", "bf16")
 TRACKERS = ("tensorboard", "none")
 SAMPLE_FORMATS = ("gif", "mp4")
 SAMPLERS = ("ddim", "ddpm")
@@ -92,7 +93,7 @@ class TrainSection:
     batch_size: int = 5  # per process and micro-batch; effective = batch_size x processes x grad_accum
     grad_accum: int = 1  # micro-batches per optimisation step
     seed: int = 0
-    mixed_precision: str = "bf16"  # no | bf16 | fp16
+    mixed_precision: str = "bf16"  # no | bf16 (autocast; master weights, optimiser and EMA stay fp32)
     cpu: bool = False  # force the CPU even where a GPU exists
     ema_decay: float = 0.9999
     checkpoint_every: int = 10_000
@@ -102,6 +103,7 @@ class TrainSection:
     tracker: str = "tensorboard"  # tensorboard | none
     progress_bar: bool = True
     check_replicas: bool = True  # at each checkpoint, compare every process's weights (DDP desync detector)
+    fsdp: bool = False  # shard parameters, gradients and AdamW state over the processes (FSDP2) instead of DDP
 
 
 @dataclass

@@ -18,7 +18,6 @@ uninterrupted run would have taken (bit-exact on CPU).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
@@ -36,6 +35,8 @@ from tokenizer.training import (EMA, ClipStream, NonFiniteGuard, RunDir, RunMoni
 
 from .latte_run import (EMA_FILE, CacheSpec, LatteRun, build_from_record, cache_vae, load_config_vae,  # noqa: F401
                         load_init_state, load_latte_run, open_cache, run_record, write_run_files)
+from .parallel import (full_model_state, full_optimizer_state, gradient_sync, load_full_model_state,
+                       load_full_optimizer_state, shard_latte, total_norm)
 from .train_config import LatteTrainConfig, clip_active, validate
 
 STATE_FORMAT = 1
@@ -106,17 +107,21 @@ class LatteTrainer:
                                  world_size=acc.num_processes, num_workers=d.num_workers)
         self.effective_batch = t.batch_size * acc.num_processes * t.grad_accum
 
-        o = cfg.optim
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                     weight_decay=o.weight_decay)
+        # sharded (FSDP2) only with several processes; the optimiser and the EMA are made in setup(), after it
+        self.sharded = t.fsdp and acc.num_processes > 1
+        self.opt: torch.optim.Optimizer | None = None
         self.step = 0
         self.history: list[dict[str, float]] = []  # per taken step, the global losses (tests, analysis)
         self.guard = NonFiniteGuard(t.max_nonfinite, any_rank=self._any_rank, log=self._warn)
         self.monitor: RunMonitor | None = None
         self._last_good: str | None = None
-        self._sample_draws: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     # --- helpers ------------------------------------------------------------------------------------------------
+    @property
+    def num_parameters(self) -> int:
+        """Parameters of the whole model (also when sharded)."""
+        return sum(math.prod(p.shape) for p in self.model.parameters())
+
     def _any_rank(self, bad: bool) -> bool:
         acc = self.accelerator
         if acc.num_processes == 1:
@@ -150,10 +155,17 @@ class LatteTrainer:
         return torch.cat(ts), torch.stack(noises), torch.cat(drops)
 
     # --- state --------------------------------------------------------------------------------------------------
+    @property
+    def torch_optimizer(self) -> torch.optim.Optimizer:
+        return getattr(self.opt, "optimizer", self.opt)  # accelerate's wrapper or the optimiser itself
+
     def state_dict(self) -> dict:
+        """The full training state (whole tensors, optimiser state keyed by parameter name); collective when the
+        model is sharded."""
         return {"format": STATE_FORMAT, "step": self.step, "record": self.record,
-                "model": self.accelerator.unwrap_model(self.model_ddp).state_dict(), "ema": self.ema.state_dict(),
-                "opt": self.opt.state_dict(), "data": self.stream.state_dict(), "guard": self.guard.state_dict()}
+                "model": full_model_state(self.model), "ema": full_model_state(self.ema.module),
+                "opt": full_optimizer_state(self.model, self.torch_optimizer), "data": self.stream.state_dict(),
+                "guard": self.guard.state_dict()}
 
     def load_state_dict(self, s: dict) -> None:
         if s.get("format") != STATE_FORMAT:
@@ -166,9 +178,9 @@ class LatteTrainer:
         if old["vae"]["fingerprint"] != self.record["vae"]["fingerprint"]:
             raise ConfigError("the run folder was trained on latents of another VAE (fingerprint "
                               f"{old['vae']['fingerprint'][:16]}...): use another train.run_dir")
-        self.accelerator.unwrap_model(self.model_ddp).load_state_dict(s["model"])
-        self.ema.load_state_dict(s["ema"])
-        self.opt.load_state_dict(s["opt"])
+        load_full_model_state(self.model, s["model"])
+        load_full_model_state(self.ema.module, s["ema"])
+        load_full_optimizer_state(self.model, self.torch_optimizer, s["opt"])
         self.stream.load_state_dict(s["data"])
         self.guard.load_state_dict(s["guard"])
         self.step = int(s["step"])
@@ -177,21 +189,22 @@ class LatteTrainer:
         """The weights fingerprint of every process's model (collective); DDP keeps them identical."""
         from accelerate.utils import gather_object
 
-        mine = state_dict_fingerprint(self.accelerator.unwrap_model(self.model_ddp).state_dict())
+        mine = state_dict_fingerprint(self.model.state_dict())
         return gather_object([mine]) if self.accelerator.num_processes > 1 else [mine]
 
     def save(self) -> Path:
         acc, t = self.accelerator, self.cfg.train
-        if t.check_replicas and acc.num_processes > 1:
+        if t.check_replicas and acc.num_processes > 1 and not self.sharded:
             prints = self.replica_fingerprints()
             if len(set(prints)) != 1:
                 raise RuntimeError(f"step {self.step}: the processes' weights differ ({prints}); the data-parallel "
                                    "run is out of sync and its checkpoint would be ambiguous")
             self.monitor.info(f"step {self.step}: weights identical on all {acc.num_processes} processes "
                               f"({prints[0][:16]}...)")
-        weights = {EMA_FILE: (self.ema.state_dict(), self.record)} if acc.is_main_process else None
-        folder = self.run.save_checkpoint(self.step, self.state_dict() if acc.is_main_process else {},
-                                          rng=capture_rng(), weights=weights)
+        state = self.state_dict() if acc.is_main_process or self.sharded else {}  # collective when sharded
+        weights = {EMA_FILE: (state["ema"], self.record)} if acc.is_main_process else None
+        folder = self.run.save_checkpoint(self.step, state if acc.is_main_process else {}, rng=capture_rng(),
+                                          weights=weights)
         self._last_good = folder.name
         self.monitor.info(f"step {self.step}: checkpoint {folder}")
         return folder
@@ -211,9 +224,7 @@ class LatteTrainer:
                 raise ConfigError(f"model.init_from={cfg.model.init_from} does not fit {cfg.model.name} with "
                                   f"{self.record['config']}: {'; '.join(problems)}")
             self.model.load_state_dict(state, strict=True)
-        self.model_ddp, self.opt = acc.prepare(self.model, self.opt)
-        self.forward = torch.compile(self.model_ddp) if cfg.model.compile else self.model_ddp
-        self.ema = EMA(acc.unwrap_model(self.model_ddp), t.ema_decay)
+        self._wrap()
         rng = None
         if ckpt is not None:
             state, rng = self.run.load_checkpoint(ckpt)
@@ -231,9 +242,10 @@ class LatteTrainer:
             m.info(f"resuming from {ckpt} at step {self.step}" + (f"; config changed: {', '.join(changed)}"
                                                                    if changed else ""))
         else:
-            m.info(f"new run in {self.run.root}: {cfg.model.name}, "
-                   f"{sum(p.numel() for p in self.model.parameters()):,} parameters, {acc.num_processes} "
-                   f"process(es) on {acc.device}, mixed precision {acc.mixed_precision}")
+            m.info(f"new run in {self.run.root}: {cfg.model.name}, {self.num_parameters:,} parameters, "
+                   f"{acc.num_processes} process(es) on {acc.device}, "
+                   f"{'sharded (FSDP2)' if self.sharded else 'replicated (DDP)' if acc.num_processes > 1 else 'one process'}"
+                   f", mixed precision {acc.mixed_precision}")
         c, tl, h, w = self.spec.latent_shape
         m.info(f"cache {self.spec.cache_dir}: {len(self.dataset)} clips, latents ({c}, {tl}, {h}, {w}) of VAE "
                f"'{self.spec.vae['name']}', {self.spec.num_classes or 'no'} classes, normalize={cfg.data.normalize}")
@@ -244,6 +256,23 @@ class LatteTrainer:
             restore_rng(rng)
         else:
             seed_everything(derive_seed(t.seed, acc.process_index, 1))
+
+    def _wrap(self) -> None:
+        """EMA copy, the data-parallel layout (DDP through accelerate, or FSDP2 shards) and the optimiser."""
+        cfg, acc, o = self.cfg, self.accelerator, self.cfg.optim
+        self.model.to(self.device)
+        self.ema = EMA(self.model, cfg.train.ema_decay)  # float32 copy, made before any wrapping
+        adamw = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        if self.sharded:
+            shard_latte(self.model, self.device, acc.num_processes)
+            shard_latte(self.ema.module, self.device, acc.num_processes)  # the same shards: a local update
+            self.ema.ema.foreach = False  # timm's fused lerp cannot mix sharded parameters and plain buffers
+            self.model_ddp = self.model  # FSDP2 modules reduce-scatter gradients themselves
+            self.opt = torch.optim.AdamW(self.model.parameters(), **adamw)  # over the local shards
+        else:
+            self.opt = torch.optim.AdamW(self.model.parameters(), **adamw)
+            self.model_ddp, self.opt = acc.prepare(self.model, self.opt)
+        self.forward = torch.compile(self.model_ddp) if cfg.model.compile else self.model_ddp
 
     # --- the loop -----------------------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -287,8 +316,7 @@ class LatteTrainer:
             if not ok:
                 continue  # a bad micro-batch: the step is skipped, the data still moves on
             last = micro == t.grad_accum - 1
-            sync = contextlib.nullcontext() if last else acc.no_sync(self.model_ddp)
-            with sync:
+            with gradient_sync(self.model, self.model_ddp, acc, enabled=last):
                 with acc.autocast():
                     terms = self.diffusion.training_losses(self.forward, x, tt, noise=noise, y=y)
                 loss = terms["loss"].mean()
@@ -301,7 +329,8 @@ class LatteTrainer:
         gn = None
         if ok:
             clip = clip_active(cfg, step)
-            gn = acc.clip_grad_norm_(self.model_ddp.parameters(), cfg.optim.max_grad_norm if clip else math.inf)
+            gn = total_norm(acc.clip_grad_norm_(self.model_ddp.parameters(),
+                                                cfg.optim.max_grad_norm if clip else math.inf))
             ok = self.guard.check(step, {"grad_norm": gn}, self._last_good)
         if ok:
             self.opt.step()
@@ -309,7 +338,7 @@ class LatteTrainer:
         if not ok:
             return False
         self.step = step
-        self.ema.update(acc.unwrap_model(self.model_ddp), step)
+        self.ema.update(self.model, step)
         values = {k: v for k, v in sums.items() if k == "loss" or v != 0.0} | {"grad_norm": float(gn)}
         self.history.append(values)
         self._after_step(step, values, time.perf_counter() - t0)
@@ -359,13 +388,19 @@ class LatteTrainer:
     @torch.no_grad()
     def write_samples(self, step: int) -> Path | None:
         """A grid of EMA samples decoded with the cache's VAE, in ``samples/step-NNNNNN.{gif,mp4}``."""
+        model = self.ema.module
+        if self.sharded:  # gather the EMA (collective), sample with a whole copy on the main process
+            state = full_model_state(self.ema.module)
+            model = build_from_record(self.record).to(self.device) if self.accelerator.is_main_process else None
+            if model is not None:
+                model.load_state_dict(state)
         if not self.accelerator.is_main_process:
             return None
         from tokenizer.training.samples import write_panels
 
         if self.vae is None:
             self.vae = cache_vae(self.spec.manifest)
-        z, _ = self.sample_latents()
+        z, _ = self.sample_latents(model)
         vae = self.vae.to(self.device)
         video = vae.decode(self.normalizer.denormalize(z.float())).clamp(-1, 1)  # (n, 3, T, H, W)
         path = self.run.samples_dir / f"step-{step:06d}.{self.cfg.sample.format}"

@@ -345,29 +345,56 @@ def test_init_from_a_checkpoint_with_the_public_names(tmp_path, cache):
 
 
 # --- several processes --------------------------------------------------------------------------------------------
-def test_two_processes_keep_identical_weights_and_match_one_process(tmp_path, cache):
-    """accelerate launch, 2 CPU processes (gloo) x batch 2 vs one process x batch 4 (same global batch): every
-    checkpoint finds both ranks' weights identical, and the result equals the 1-process run to float tolerance
-    (the gradient is averaged in another order)."""
-    run = tmp_path / "ddp"
+DRIVER = """
+import sys
+sys.path.insert(0, {repo!r})
+from diffusion.train_latte import main
+args = sys.argv[1:]
+assert main(args + ["train.run_dir={ddp}"]) == 0
+assert main(args + ["train.run_dir={fsdp}", "train.fsdp=true", "sample.every=4"]) == 0
+"""
+
+
+def test_two_processes_ddp_and_fsdp_match_one_process(tmp_path, cache):
+    """One `accelerate launch` of 2 CPU processes (gloo) runs the CLI twice: replicated (DDP) and sharded (FSDP2),
+    each 2 clips x 2 micro-batches per process. DDP finds both ranks' weights identical at every checkpoint; both
+    equal a 1-process run of 4 clips x 2 micro-batches (same global batch, same per-clip draws) to float tolerance
+    (gradients are summed in another order); the sharded run's full checkpoint resumes in one process."""
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(repo=REPO, ddp=ddp, fsdp=fsdp))
     port = 29500 + os.getpid() % 1000
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-           str(port), "diffusion/train_latte.py", "--config", TINY, f"data.cache_dir={cache[0]}",
-           f"train.run_dir={run}", "train.tracker=none", "train.progress_bar=false", "train.cpu=true",
-           "train.max_steps=4", "train.checkpoint_every=2", "train.batch_size=2", "train.log_every=1"]
+           str(port), str(driver), "--config", TINY, f"data.cache_dir={cache[0]}", "train.tracker=none",
+           "train.progress_bar=false", "train.cpu=true", "train.max_steps=4", "train.checkpoint_every=2",
+           "train.batch_size=2", "train.grad_accum=2", "train.log_every=1"]
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    log = (run / "train.log").read_text()
-    assert "effective batch 4 = 2 per process x 2 process(es) x 1 accumulation" in log
-    same = re.findall(r"step (\d+): weights identical on all 2 processes \((\w+)\.\.\.\)", log)
-    assert [s for s, _ in same] == ["2", "4"]
-    state = RunDir(run).load_checkpoint(run / "step-000004")[0]
-    assert state_dict_fingerprint(state["model"]).startswith(same[-1][1])
-    one = trainer(cache, tmp_path / "one", "train.max_steps=4", "train.checkpoint_every=2", "train.batch_size=4")
+    one = trainer(cache, tmp_path / "one", "train.max_steps=4", "train.checkpoint_every=2", "train.batch_size=4",
+                  "train.grad_accum=2")
     one.fit()
-    losses = [float(v) for v in re.findall(r"step \d+/4 loss=(\S+)", log)]
-    assert losses == pytest.approx([h["loss"] for h in one.history], rel=2e-4)
-    worst = assert_close(state["model"], one.model.state_dict(), atol=1e-5)
-    print(f"2 processes vs 1: largest weight difference {worst:.3g}")
+    for run, layout in ((ddp, "replicated (DDP)"), (fsdp, "sharded (FSDP2)")):
+        log = (run / "train.log").read_text()
+        assert f"2 process(es) on cpu:0, {layout}" in log
+        assert "effective batch 8 = 2 per process x 2 process(es) x 2 accumulation" in log
+        losses = [float(v) for v in re.findall(r"step \d+/4 loss=(\S+)", log)]
+        assert losses == pytest.approx([h["loss"] for h in one.history], rel=2e-4)
+        state = RunDir(run).load_checkpoint(run / "step-000004")[0]
+        worst = assert_close(state["model"], one.model.state_dict(), atol=1e-6)
+        assert_close(state["ema"], one.ema.state_dict(), atol=1e-6)
+        print(f"{layout} on 2 processes vs 1 process: largest weight difference {worst:.3g}")
+    same = re.findall(r"step (\d+): weights identical on all 2 processes \((\w+)\.\.\.\)", (ddp / "train.log").read_text())
+    assert [s for s, _ in same] == ["2", "4"]
+    assert state_dict_fingerprint(RunDir(ddp).load_checkpoint(ddp / "step-000004")[0]["model"]).startswith(same[-1][1])
+    assert (fsdp / "samples" / "step-000004.gif").is_file()  # sampled from the gathered EMA
+    # the sharded run's step-2 checkpoint (whole tensors, optimiser state by name) resumes in one process
+    (fsdp / "latest").write_text("step-000002\n")
+    for extra in ("step-000004", "samples"):
+        subprocess.run(["rm", "-rf", str(fsdp / extra)], check=True)
+    resumed = trainer(cache, fsdp, "train.max_steps=4", "train.checkpoint_every=2", "train.batch_size=4",
+                      "train.grad_accum=2")
+    resumed.fit()
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in one.history[2:]], rel=1e-5)
+    assert_close(resumed.model.state_dict(), one.model.state_dict(), atol=1e-6)
