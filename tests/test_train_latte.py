@@ -2,6 +2,7 @@
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -174,12 +175,13 @@ def test_sampling_a_trained_run_gives_latents_and_videos_of_the_right_shape(unin
 
 # --- learning -----------------------------------------------------------------------------------------------------
 def test_overfitting_a_handful_of_latents_lowers_the_loss(tmp_path, cache):
-    """4 fixed latents (posterior means), 60 steps: the loss on fixed (t, noise) draws falls well below its start
+    """4 fixed latents (posterior means), 40 steps: the loss on fixed (t, noise) draws falls well below its start
     (1 at initialisation: adaLN-Zero makes the untrained model predict eps = 0)."""
     ds = LatentCacheDataset(cache[0], normalize="stats")
     four = torch.utils.data.Subset(ds, [0, 3, 6, 9])
-    tr = trainer(cache, tmp_path / "run", "train.max_steps=60", "train.checkpoint_every=60", "train.batch_size=4",
-                 "data.sample_posterior=false", "optim.lr=3e-3", dataset=four)
+    tr = trainer(cache, tmp_path / "run", "train.max_steps=40", "train.checkpoint_every=40", "train.batch_size=4",
+                 "data.sample_posterior=false", "optim.lr=5e-3", "train.tracker=tensorboard", "train.log_every=10",
+                 dataset=four)
     x = torch.stack([four[i]["latent"] for i in range(4)])
     y = torch.tensor([four[i]["label"] for i in range(4)])
 
@@ -198,6 +200,9 @@ def test_overfitting_a_handful_of_latents_lowers_the_loss(tmp_path, cache):
     print(f"overfit: eps MSE {before:.3f} -> {after:.3f}")
     assert abs(before - 1.0) < 0.05 and after < 0.6 * before
     assert tr.history[-1]["loss"] < tr.history[0]["loss"]
+    assert list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents*"))
+    assert re.search(r"step 40/40 loss=\S+ mse=\S+ vb=\S+ grad_norm=\S+ \S+ it/s \S+ samples/s \(batch 4\)",
+                     (tmp_path / "run" / "train.log").read_text())
 
 
 def test_gradient_accumulation_and_checkpointing_do_not_change_the_step(tmp_path, cache):
@@ -229,16 +234,23 @@ def test_gradient_clipping_starts_at_its_step(tmp_path, cache):
     assert norms[1][0] == pytest.approx(0.1 * norms[1][1], rel=1e-4) and norms[1][1] > 1e-2  # not yet
 
 
-def test_bf16_mixed_precision_runs(tmp_path, cache):
+def test_unconditional_bf16_run(tmp_path, cache):
+    """SkyTimelapse-style: no label embedder, no labels; bf16 autocast with fp32 master weights; samples decode."""
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
-        tr = trainer(cache, tmp_path / "run", "train.max_steps=2", "train.mixed_precision=bf16")
+        tr = trainer(cache, tmp_path / "run", "train.max_steps=2", "train.mixed_precision=bf16",
+                     "data.conditioning=none", "sample.every=2", "sample.num=1", "sample.steps=2")
         tr.fit()
         assert tr.accelerator.mixed_precision == "bf16"
+        assert tr.model.y_embedder is None and tr.record["num_classes"] == 0 and tr.record["class_names"] == []
         assert all(torch.isfinite(torch.tensor(h["loss"])) for h in tr.history)
         assert all(p.dtype == torch.float32 for p in tr.model.parameters())  # master weights stay fp32
+        z, y = tr.sample_latents(num=2, steps=2)
+        assert y is None and z.shape == (2, 16, 3, 4, 4)
+        assert (tmp_path / "run" / "samples" / "step-000002.gif").is_file()
+        assert load_latte_run(tmp_path / "run").num_classes == 0
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
 
@@ -363,7 +375,9 @@ def test_two_processes_ddp_and_fsdp_match_one_process(tmp_path, cache):
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(repo=REPO, ddp=ddp, fsdp=fsdp))
-    port = 29500 + os.getpid() % 1000
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
            str(port), str(driver), "--config", TINY, f"data.cache_dir={cache[0]}", "train.tracker=none",
