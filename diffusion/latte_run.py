@@ -171,7 +171,8 @@ def run_record(cfg: LatteTrainConfig, spec: CacheSpec, normalizer: LatentNormali
                   "clips": (spec.manifest.get("clips") or {}).get("stored")},
         "vae": {"name": spec.vae["name"], "fingerprint": spec.vae["fingerprint"],
                 "ckpt": str(Path(cfg.vae.ckpt).resolve()) if cfg.vae.ckpt else None,
-                "source": spec.manifest.get("vae_source"), "init_seed": (spec.manifest.get("cache") or {}).get("init_seed"),
+                "source": spec.manifest.get("vae_source"),
+                "init_seed": (spec.manifest.get("cache") or {}).get("init_seed"),
                 "compression": spec.vae.get("compression"), "frame_rule": spec.vae.get("frame_rule")},
     }
 

@@ -122,7 +122,8 @@ def validate(cfg: LatteTrainConfig) -> None:
     t, s = cfg.train, cfg.sample
     for key, value, valid in (("train.mixed_precision", t.mixed_precision, PRECISIONS),
                               ("train.tracker", t.tracker, TRACKERS), ("sample.format", s.format, SAMPLE_FORMATS),
-                              ("sample.sampler", s.sampler, SAMPLERS), ("data.normalize", cfg.data.normalize, NORMALIZE),
+                              ("sample.sampler", s.sampler, SAMPLERS),
+                              ("data.normalize", cfg.data.normalize, NORMALIZE),
                               ("data.conditioning", cfg.data.conditioning, CONDITIONING)):
         if value not in valid:
             raise ConfigError(f"invalid value '{key}={value}': valid values are {', '.join(valid)}")
@@ -131,8 +132,9 @@ def validate(cfg: LatteTrainConfig) -> None:
         if getattr(t, key) < 1:
             raise ConfigError(f"invalid value 'train.{key}={getattr(t, key)}': must be >= 1")
     for key in ("every", "num", "steps"):
-        if getattr(s, key) < (0 if key == "every" else 1):
-            raise ConfigError(f"invalid value 'sample.{key}={getattr(s, key)}': must be >= {0 if key == 'every' else 1}")
+        low = 0 if key == "every" else 1
+        if getattr(s, key) < low:
+            raise ConfigError(f"invalid value 'sample.{key}={getattr(s, key)}': must be >= {low}")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"invalid value 'train.ema_decay={t.ema_decay}': must be in [0, 1)")
     if not 0 <= cfg.model.class_dropout_prob < 1:

@@ -231,9 +231,7 @@ class LatteTrainer:
             self.load_state_dict(state)
             self._last_good = ckpt.name
         if t.tracker != "none":
-            from tokenizer.training.vae_trainer import _flat_hparams
-
-            acc.init_trackers("tensorboard", config=_flat_hparams(to_dict(cfg)))
+            acc.init_trackers("tensorboard", config=flat_hparams(to_dict(cfg)))
         self.monitor = RunMonitor(self.run.log_path, t.max_steps, self.step, is_main=acc.is_main_process,
                                   accelerator=acc if t.tracker != "none" else None, show_bar=t.progress_bar,
                                   name=f"train {cfg.model.name}")
@@ -242,10 +240,10 @@ class LatteTrainer:
             m.info(f"resuming from {ckpt} at step {self.step}" + (f"; config changed: {', '.join(changed)}"
                                                                    if changed else ""))
         else:
+            layout = ("sharded (FSDP2)" if self.sharded else "replicated (DDP)" if acc.num_processes > 1
+                      else "one process")
             m.info(f"new run in {self.run.root}: {cfg.model.name}, {self.num_parameters:,} parameters, "
-                   f"{acc.num_processes} process(es) on {acc.device}, "
-                   f"{'sharded (FSDP2)' if self.sharded else 'replicated (DDP)' if acc.num_processes > 1 else 'one process'}"
-                   f", mixed precision {acc.mixed_precision}")
+                   f"{acc.num_processes} process(es) on {acc.device}, {layout}, mixed precision {acc.mixed_precision}")
         c, tl, h, w = self.spec.latent_shape
         m.info(f"cache {self.spec.cache_dir}: {len(self.dataset)} clips, latents ({c}, {tl}, {h}, {w}) of VAE "
                f"'{self.spec.vae['name']}', {self.spec.num_classes or 'no'} classes, normalize={cfg.data.normalize}")
@@ -364,7 +362,8 @@ class LatteTrainer:
     # --- samples ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample_latents(self, model: nn.Module | None = None, num: int | None = None, seed: int | None = None,
-                       sampler: str | None = None, steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       sampler: str | None = None,
+                       steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(latents in diffusion space (n, C, T', H', W'), labels or None) from ``model`` (default: the EMA)."""
         from . import samplers
 
@@ -407,6 +406,17 @@ class LatteTrainer:
         write_panels(path, [[v] for v in video], fps=self.cfg.sample.fps)
         self.monitor.info(f"step {step}: samples {path}")
         return path
+
+
+def flat_hparams(d: dict, prefix: str = "") -> dict:
+    """Nested config -> {dotted key: scalar} (tensorboard's hyper-parameter table takes scalars only)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_hparams(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
 
 
 def state_dict_misfit(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:

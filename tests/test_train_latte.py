@@ -399,7 +399,8 @@ def test_two_processes_ddp_and_fsdp_match_one_process(tmp_path, cache):
         worst = assert_close(state["model"], one.model.state_dict(), atol=1e-6)
         assert_close(state["ema"], one.ema.state_dict(), atol=1e-6)
         print(f"{layout} on 2 processes vs 1 process: largest weight difference {worst:.3g}")
-    same = re.findall(r"step (\d+): weights identical on all 2 processes \((\w+)\.\.\.\)", (ddp / "train.log").read_text())
+    same = re.findall(r"step (\d+): weights identical on all 2 processes \((\w+)\.\.\.\)",
+                      (ddp / "train.log").read_text())
     assert [s for s, _ in same] == ["2", "4"]
     assert state_dict_fingerprint(RunDir(ddp).load_checkpoint(ddp / "step-000004")[0]["model"]).startswith(same[-1][1])
     assert (fsdp / "samples" / "step-000004.gif").is_file()  # sampled from the gathered EMA
