@@ -97,6 +97,6 @@ def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
 
 
-def print_config(cfg: Any, title: str = "resolved config", file=sys.stdout) -> None:
+def print_config(cfg: Any, title: str = "resolved config", file=None) -> None:
     """Print the resolved config at the start of a job (rank 0 only is the caller's business)."""
-    print(f"--- {title} ---\n{to_yaml(cfg)}---", file=file, flush=True)
+    print(f"--- {title} ---\n{to_yaml(cfg)}---", file=file or sys.stdout, flush=True)
