@@ -151,7 +151,7 @@ class ClipEncoder:
             buffer.dropped.append({"item": int(items[j]), "path": video.path, "reason": reason})
         if not ok.any():
             return 0
-        video = batch["video"][ok]  # (b, c, t, h, w) float32 in [-1, 1]
+        video = batch["video"] if ok.all() else batch["video"][ok]  # (b, c, t, h, w) float32 in [-1, 1]
         if plan.copies == 2:  # each clip followed by its horizontal mirror
             video = rearrange(torch.stack([video, video.flip(-1)], 1), "b f c t h w -> (b f) c t h w")
         video = video.to(self.device, non_blocking=True)
