@@ -44,7 +44,7 @@ from bench_data import build_ucf_like_tree  # noqa: E402
 from tokenizer import build_vae, load_vae  # noqa: E402
 from tokenizer.cache import CacheConfig, make_plan, run_cache  # noqa: E402
 from tokenizer.cache.writer import AUTOCAST, make_state, resolve_runtime  # noqa: E402
-from tokenizer.data import DataConfig, build_dataset  # noqa: E402
+from tokenizer.data import DataConfig  # noqa: E402
 
 
 def timed(fn, *args) -> tuple[float, float, float]:
