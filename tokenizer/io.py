@@ -61,6 +61,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # the writer may have replaced the file we created
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
