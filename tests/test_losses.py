@@ -113,19 +113,17 @@ def test_generator_loss_gan_starts_at_its_step():
     assert after.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def test_patch_discriminator_layout_and_locality():
+def test_patch_discriminator_layout():
     torch.manual_seed(6)
-    d = PatchDiscriminator3D(DiscriminatorConfig(channels=4, num_layers=3)).eval()
+    d = PatchDiscriminator3D(DiscriminatorConfig(channels=4, num_layers=3))
     convs = [m for m in d.modules() if isinstance(m, nn.Conv3d)]
     assert all(m.kernel_size == (3, 3, 3) for m in convs) and convs[-1].out_channels == 1
-    x = torch.rand(1, 3, 9, 64, 64) * 2 - 1
+    assert [m.stride for m in convs] == [(2, 2, 2), (2, 2, 2), (1, 2, 2), (1, 1, 1), (1, 1, 1)]
+    x = torch.rand(2, 3, 9, 64, 64) * 2 - 1
     out = d(x)
-    assert out.shape == (1, 1, 3, 8, 8)  # T: 9 -> 5 -> 3; H, W: /2 three times
-    # a patch logit sees a bounded receptive field: changing a far corner leaves the opposite corner's logit alone
-    y = x.clone()
-    y[:, :, -1, -8:, -8:] = -x[:, :, -1, -8:, -8:]
-    out_y = d(y)
-    assert torch.equal(out[..., 0, 0, 0], out_y[..., 0, 0, 0]) and not torch.equal(out, out_y)
+    assert out.shape == (2, 1, 3, 8, 8)  # one logit per space-time patch: T 9 -> 5 -> 3, H and W / 8
+    # BatchNorm on batch statistics only (no running statistics): train and eval mode agree, no buffers to drift
+    assert not list(d.buffers()) and torch.equal(d.eval()(x), out)
 
 
 def test_discriminator_learns_to_separate_real_from_fake():

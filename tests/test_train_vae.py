@@ -32,6 +32,28 @@ def trainer(run_dir, *overrides, config="plain_tiny.yaml", **kw):
         return VAETrainer(tiny_cfg(run_dir, *overrides, config=config), **kw)
 
 
+class _Clips(torch.utils.data.Dataset):
+    """Real clips decoded once per module (what the tiny configs' data section reads), served from memory."""
+
+    def __init__(self, clips):
+        self.clips = clips
+
+    def __len__(self):
+        return len(self.clips)
+
+    def __getitem__(self, i):
+        return {"video": self.clips[i]}
+
+
+@pytest.fixture(scope="module")
+def real_clips():
+    """The 4 clips of configs/tokenizer/plain_tiny.yaml's data section: 9 frames every 2nd, 32 px, from frame 0."""
+    from tokenizer.data import DataConfig, build_dataset
+
+    ds = build_dataset(DataConfig(kind="samples", num_frames=9, frame_interval=2, resolution=32, offset="start"))
+    return [ds[i]["video"] for i in range(len(ds))]
+
+
 def psnr(a, b):
     return 10 * math.log10(4.0 / ((a - b) ** 2).mean().item())  # [-1, 1] videos: peak-to-peak 2
 
@@ -63,29 +85,41 @@ def assert_same(a, b, path=""):
         assert a == b, path
 
 
-# --- the plain VAE: run folder, losses, GAN start, samples --------------------------------------------------------
-def test_plain_run_lowers_loss_and_writes_the_run_folder(tmp_path):
-    """A few steps on real clips: loss on a fixed clip drops; GAN terms appear exactly at gan_start; the folder
-    holds config, log, EMA weights loadable by load_vae, tensorboard events and a sample gif."""
-    tr = trainer(tmp_path / "run", "train.max_steps=8", "train.checkpoint_every=4", "train.sample_every=8",
-                 "loss.gan_start=5", "train.tracker=tensorboard", "train.batch_size=1")
+# --- the plain VAE: run folder, losses, GAN start, samples; the reference for the resume tests ----------------------
+RESUME = ("train.max_steps=4", "train.checkpoint_every=1", "loss.gan_start=3", "train.batch_size=1")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """plain_tiny.yaml, 4 uninterrupted steps on its real clips (GAN from step 3), with what the tests check."""
+    run = tmp_path_factory.mktemp("full") / "run"
+    tr = trainer(run, *RESUME, "train.checkpoint_every=2", "train.sample_every=4", "train.tracker=tensorboard")
     tr.setup()
     x = tr._samples[:1]
-    before = ((recon(tr.model, x) - x).abs().mean()).item()
-    disc0 = {k: v.clone() for k, v in tr.disc.state_dict().items()}
-    while tr.step < 8:
+    tr.facts = {"before": (recon(tr.model, x) - x).abs().mean().item(),
+                "disc0": {k: v.clone() for k, v in tr.disc.state_dict().items()}}
+    while tr.step < 4:
         tr.train_step()
-        if tr.step == 4:  # no discriminator step has run yet
-            assert_same(tr.disc.state_dict(), disc0)
+        if tr.step == 2:  # no discriminator step has run yet
+            tr.facts["disc2"] = {k: v.clone() for k, v in tr.disc.state_dict().items()}
     tr.monitor.close()
     tr.accelerator.end_training()
-    after = ((recon(tr.model, x) - x).abs().mean()).item()
-    assert after < before
-    assert [("g_adv" in h, "d_loss" in h) for h in tr.history] == [(False, False)] * 4 + [(True, True)] * 4
-    assert any(not torch.equal(v, disc0[k]) for k, v in tr.disc.state_dict().items() if v.is_floating_point())
-    run = tmp_path / "run"
-    assert (run / "latest").read_text().strip() == "step-000008"
-    assert (run / "samples" / "step-000008.gif").is_file() and "step 8/8" in (run / "train.log").read_text()
+    tr.facts["after"] = (recon(tr.model, x) - x).abs().mean().item()
+    return tr
+
+
+def test_plain_run_lowers_loss_and_writes_the_run_folder(uninterrupted):
+    """A few steps on real clips: the loss on a fixed clip drops; the GAN terms and the discriminator's updates
+    start exactly at gan_start; the folder holds config, log, EMA weights loadable by load_vae, tensorboard events
+    and a sample gif."""
+    tr, facts = uninterrupted, uninterrupted.facts
+    assert facts["after"] < facts["before"]
+    assert [("g_adv" in h, "d_loss" in h) for h in tr.history] == [(False, False)] * 2 + [(True, True)] * 2
+    assert_same(facts["disc2"], facts["disc0"])
+    assert any(not torch.equal(v, facts["disc0"][k]) for k, v in tr.disc.state_dict().items())
+    run = tr.run.root
+    assert (run / "latest").read_text().strip() == "step-000004" and (run / "config.yaml").is_file()
+    assert (run / "samples" / "step-000004.gif").is_file() and "step 4/4" in (run / "train.log").read_text()
     assert list((run / "tensorboard").rglob("events.out.tfevents*"))
     from tokenizer import load_vae
 
@@ -94,27 +128,18 @@ def test_plain_run_lowers_loss_and_writes_the_run_folder(tmp_path):
 
 
 # --- resume ---------------------------------------------------------------------------------------------------
-RESUME = ("train.max_steps=6", "train.checkpoint_every=1", "loss.gan_start=3", "train.batch_size=2")
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    tr = trainer(tmp_path_factory.mktemp("full") / "run", *RESUME)
-    tr.fit()
-    return tr
-
-
-def test_resume_equals_uninterrupted_run(tmp_path, uninterrupted):
-    """Run 3 steps, stop, re-run the same command to 6: the same losses and the same final state, bit for bit."""
-    first = trainer(tmp_path / "run", *RESUME[1:], "train.max_steps=3")
+def test_resume_equals_uninterrupted_run(tmp_path, uninterrupted, real_clips):
+    """Run 2 steps, stop, re-run the same command to 4: the same losses and the same final state, bit for bit
+    (posterior noise, data order, LPIPS, the GAN from step 3 and its discriminator state included)."""
+    first = trainer(tmp_path / "run", *RESUME[1:], "train.max_steps=2", datasets=[_Clips(real_clips)])
     first.fit()
-    second = trainer(tmp_path / "run", *RESUME)
+    second = trainer(tmp_path / "run", *RESUME, datasets=[_Clips(real_clips)])
     second.fit()
     assert first.history + second.history == uninterrupted.history
     assert_same(full_state(second), full_state(uninterrupted))
 
 
-def test_sigkill_then_rerun_resumes_exactly(tmp_path, uninterrupted):
+def test_sigkill_then_rerun_resumes_exactly(tmp_path, uninterrupted, real_clips):
     """kill -9 the training process at some moment after its first checkpoint; the same command resumes."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "tokenizer.train_vae", "--config", "configs/tokenizer/plain_tiny.yaml",
@@ -130,10 +155,10 @@ def test_sigkill_then_rerun_resumes_exactly(tmp_path, uninterrupted):
     proc.wait()
     done = RunDir(run).latest()
     assert done is not None
-    resumed = trainer(run, *RESUME)
+    resumed = trainer(run, *RESUME, datasets=[_Clips(real_clips)])  # the clips the killed process decoded
     resumed.fit()
     k = int(done.name.split("-")[1])
-    assert 1 <= k < 6  # killed mid-run: there is something left to resume
+    assert 1 <= k < 4  # killed mid-run: there is something left to resume
     assert resumed.history == uninterrupted.history[k:]
     assert_same(full_state(resumed), full_state(uninterrupted))
 
@@ -188,12 +213,23 @@ def test_nonfinite_loss_skips_the_step_and_stops_after_k(tmp_path, real_clips):
 
 
 # --- overfitting one real clip ------------------------------------------------------------------------------------
+def _video_folder(tmp_path_factory, sample_video_paths, names):
+    folder = tmp_path_factory.mktemp("videos")
+    for p in sample_video_paths:
+        if p.name in names:
+            os.symlink(p, folder / p.name)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def bikes_dir(tmp_path_factory, sample_video_paths):
-    folder = tmp_path_factory.mktemp("bikes")
-    src = next(p for p in sample_video_paths if p.name == "bikes.mp4")
-    os.symlink(src, folder / "bikes.mp4")
-    return folder
+    return _video_folder(tmp_path_factory, sample_video_paths, {"bikes.mp4"})
+
+
+@pytest.fixture(scope="module")
+def quick_dir(tmp_path_factory, sample_video_paths):
+    """Sample videos that decode in milliseconds (bigbuckbunny's seeks take a second): data for the runs below."""
+    return _video_folder(tmp_path_factory, sample_video_paths, {"carphone_pristine.mp4", "carphone_distorted.mp4"})
 
 
 def _overfit(run_dir, data_root, steps):
@@ -237,13 +273,6 @@ def test_cli_rejects_a_bad_key_and_dry_runs(tmp_path, capsys):
     assert "name: plain-tiny" in out and "bucket 0: 4 clips" in out and not (tmp_path / "r" / "latest").exists()
 
 
-@pytest.fixture(scope="module")
-def real_clips():
-    from tokenizer.data import DataConfig, build_dataset
-
-    ds = build_dataset(DataConfig(kind="samples", num_frames=9, frame_interval=2, resolution=32, offset="start"))
-    return [ds[i]["video"] for i in range(len(ds))]
-
 
 # --- DeCo-VAE: motion pre-training, decoupled adaptation ---------------------------------------------------------
 def group_states(tr):
@@ -255,12 +284,13 @@ def changed(a, b):
     return {g: any(not torch.equal(x, y) for x, y in zip(a[g], b[g])) for g in a}
 
 
-ONE_CLIP = ("data.max_videos=1", "train.num_samples=1")  # train on one fixed clip (bigbuckbunny's first frames)
+ONE_CLIP = ("train.num_samples=1",)  # with datasets=[_Clips(clips[:1])]: one fixed clip (bigbuckbunny)
 
 
-def test_deco_phases_switch_inside_one_run(tmp_path):
+def test_deco_phases_switch_inside_one_run(tmp_path, real_clips):
     """deco_tiny.yaml: phase 1 (motion frozen) for steps 1-3, phase 2 (keyframe encoder frozen) + GAN from step 4."""
-    tr = trainer(tmp_path / "run", "train.max_steps=4", "train.sample_every=4", *ONE_CLIP, config="deco_tiny.yaml")
+    tr = trainer(tmp_path / "run", "train.max_steps=4", "train.sample_every=4", *ONE_CLIP, config="deco_tiny.yaml",
+                 datasets=[_Clips(real_clips[:1])])
     tr.setup()
     x = tr._samples[:1]
     before = (recon(tr.model, x) - x).abs().mean().item()
@@ -283,16 +313,18 @@ def test_deco_phases_switch_inside_one_run(tmp_path):
     assert Image.open(tmp_path / "run" / "samples" / "step-000004.gif").size == (6 * 32 + 5 * 2, 32)
 
 
-def test_deco_stages_as_separate_runs(tmp_path):
+def test_deco_stages_as_separate_runs(tmp_path, real_clips):
     """motion pre-training -> phase 1 -> phase 2, each run starting from the previous run's checkpoint."""
     from tokenizer.motion import warp_error
 
-    motion = trainer(tmp_path / "motion", "train.max_steps=3", *ONE_CLIP, config="deco_motion_tiny.yaml")
+    one = [_Clips(real_clips[:1])]
+    motion = trainer(tmp_path / "motion", "train.max_steps=2", *ONE_CLIP, config="deco_motion_tiny.yaml",
+                     datasets=one)
     motion.setup()
     x = motion._samples[:1]
     err0, _ = warp_error(motion.model.motion, x)
     s0 = group_states(motion)
-    while motion.step < 3:
+    while motion.step < 2:
         motion.train_step()
     motion.monitor.close()
     assert changed(s0, group_states(motion)) == {"motion": True, "enc_k": False, "enc_m": False, "enc_r": False,
@@ -300,7 +332,7 @@ def test_deco_stages_as_separate_runs(tmp_path):
     assert warp_error(motion.model.motion, x)[0] < err0  # the photometric warp error on the clip went down
 
     p1 = trainer(tmp_path / "p1", "train.max_steps=2", f"model.init_from_run={tmp_path / 'motion'}", *ONE_CLIP,
-                 config="deco_phase1_tiny.yaml")
+                 config="deco_phase1_tiny.yaml", datasets=one)
     p1.setup()
     assert_same(p1.model.state_dict(), motion.model.state_dict())  # starts where the motion run ended
     s1 = group_states(p1)
@@ -311,7 +343,7 @@ def test_deco_stages_as_separate_runs(tmp_path):
     assert not c1["motion"] and all(c1[g] for g in ("enc_k", "enc_m", "enc_r", "decoder"))
 
     p2 = trainer(tmp_path / "p2", "train.max_steps=1", f"model.init_from_run={tmp_path / 'p1'}", *ONE_CLIP,
-                 config="deco_phase2_tiny.yaml")
+                 config="deco_phase2_tiny.yaml", datasets=one)
     p2.setup()
     assert_same(p2.model.state_dict(), p1.model.state_dict())
     s2 = group_states(p2)
@@ -338,11 +370,12 @@ def tiny_image_vae(tmp_path_factory):
     return folder
 
 
-def test_vcvae_stage1_from_image_vae_then_stage2_mixed_shapes(tmp_path, tiny_image_vae):
+def test_vcvae_stage1_from_image_vae_then_stage2_mixed_shapes(tmp_path, tiny_image_vae, quick_dir):
     from tokenizer import build_vae, load_vae
 
-    s1 = trainer(tmp_path / "s1", "train.max_steps=3", f"model.init_from={tiny_image_vae}", *ONE_CLIP,
-                 config="vcvae_stage1_tiny.yaml")
+    data = ("data.kind=folder", f"data.root={quick_dir}")
+    s1 = trainer(tmp_path / "s1", "train.max_steps=3", f"model.init_from={tiny_image_vae}", "data.max_videos=1",
+                 *data, *ONE_CLIP, config="vcvae_stage1_tiny.yaml")
     s1.setup()
     inflated = build_vae("vcvae-tiny", init_from=tiny_image_vae)
     assert_same(s1.model.state_dict(), inflated.state_dict())  # the run starts from the inflated image VAE
@@ -355,7 +388,7 @@ def test_vcvae_stage1_from_image_vae_then_stage2_mixed_shapes(tmp_path, tiny_ima
     saved = load_vae(tmp_path / "s1")
     assert (saved.config.scaling_factor, saved.config.shift_factor) == (0.5, 0.25)  # the image VAE's latent scale
 
-    s2 = trainer(tmp_path / "s2", "train.max_steps=4", f"model.init_from_run={tmp_path / 's1'}",
+    s2 = trainer(tmp_path / "s2", "train.max_steps=4", f"model.init_from_run={tmp_path / 's1'}", *data,
                  config="vcvae_stage2_tiny.yaml")
     s2.setup()
     assert_same(s2.model.state_dict(), s1.model.state_dict())
@@ -370,33 +403,40 @@ def test_vcvae_stage1_from_image_vae_then_stage2_mixed_shapes(tmp_path, tiny_ima
 
 
 # --- two processes ----------------------------------------------------------------------------------------------
-def test_two_process_gloo_run_keeps_ranks_identical(tmp_path):
-    """accelerate launch, 2 CPU processes (gloo): DDP keeps both ranks' generator and discriminator identical."""
+def test_two_process_gloo_run_keeps_ranks_identical(tmp_path, quick_dir):
+    """Two CPU processes under accelerate (gloo), started as torchrun / accelerate launch start them (the
+    torch.distributed environment variables): DDP keeps both ranks' generator, discriminator and EMA identical."""
+    import socket
+
     script = tmp_path / "run2.py"
     script.write_text(
-        "import sys, torch\n"
-        f"sys.path.insert(0, {REPO!r})\n"
+        "import sys\n"
         "from tokenizer.config import load_config\n"
         "from tokenizer.io import state_dict_fingerprint\n"
         "from tokenizer.training.vae_config import VAETrainConfig\n"
         "from tokenizer.training.vae_trainer import VAETrainer\n"
-        "cfg = load_config(VAETrainConfig, sys.argv[1], sys.argv[3:])\n"
-        "tr = VAETrainer(cfg)\n"
+        "tr = VAETrainer(load_config(VAETrainConfig, sys.argv[1], sys.argv[3:]))\n"
         "tr.fit()\n"
         "r = tr.accelerator.process_index\n"
         "open(f'{sys.argv[2]}/rank{r}.txt', 'w').write(' '.join([state_dict_fingerprint(tr.model.state_dict()),\n"
         "    state_dict_fingerprint(tr.disc.state_dict()), state_dict_fingerprint(tr.ema.state_dict()),\n"
         "    str(tr.accelerator.num_processes), repr(tr.history[-1]['l1'])]))\n")
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(script),
-           os.path.join(REPO, "configs", "tokenizer", "plain_tiny.yaml"), str(tmp_path),
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, str(script), os.path.join(REPO, "configs", "tokenizer", "plain_tiny.yaml"), str(tmp_path),
            f"train.run_dir={tmp_path / 'run'}", "train.tracker=none", "train.progress_bar=false",
-           "loss.lpips_net=squeeze", "train.cpu=true", "train.batch_size=1", "train.max_steps=3", "loss.gan_start=2",
-           "train.checkpoint_every=3"]
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+           "loss.lpips_net=squeeze", "train.cpu=true", "train.batch_size=1", "train.max_steps=2", "loss.gan_start=2",
+           "train.checkpoint_every=2", "data.kind=folder", f"data.root={quick_dir}"]
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1",
+                   PYTHONWARNINGS="ignore", PYTHONPATH=REPO)
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True))
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errs)
     r0, r1 = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
     assert r0[3] == r1[3] == "2"
     assert r0[:3] == r1[:3]  # model, discriminator and EMA weights identical on both ranks

@@ -26,6 +26,7 @@ import importlib
 _EXPORTS = {
     "BucketedStream": "data", "ClipStream": "data", "DataPosition": "data", "epoch_permutation": "data",
     "EMA": "ema", "NonFiniteGuard": "guard", "NonFiniteLossError": "guard", "RunMonitor": "monitor",
+    "flat_hparams": "monitor",
     "RunDir": "rundir", "motion_panels": "samples", "side_by_side": "samples",
     "write_panels": "samples", "capture_rng": "state", "derive_seed": "state", "restore_rng": "state",
     "seed_everything": "state",

@@ -37,7 +37,7 @@ from ..registry import build_vae
 from .data import BucketedStream, ClipStream
 from .ema import EMA
 from .guard import NonFiniteGuard
-from .monitor import RunMonitor
+from .monitor import RunMonitor, flat_hparams
 from .rundir import EMA as EMA_FILE
 from .rundir import RunDir
 from .samples import motion_panels, write_panels
@@ -350,7 +350,7 @@ class VAETrainer:
             self.load_state_dict(state)
             self._last_good = ckpt.name
         if t.tracker != "none":
-            acc.init_trackers("tensorboard", config=_flat_hparams(to_dict(cfg)))
+            acc.init_trackers("tensorboard", config=flat_hparams(to_dict(cfg)))
         self.monitor = RunMonitor(self.run.log_path, t.max_steps, self.step, is_main=acc.is_main_process,
                                   accelerator=acc if t.tracker != "none" else None,
                                   show_bar=t.progress_bar, name=f"train {cfg.model.name}")
@@ -540,18 +540,7 @@ class VAETrainer:
         return path
 
 
-def _flat_hparams(d: dict, prefix: str = "") -> dict:
-    """Nested config -> flat {dotted key: scalar} for tracker hyper-parameters."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat_hparams(v, key + "."))
-        elif isinstance(v, (int, float, str, bool)):
-            out[key] = v
-        else:
-            out[key] = str(v)
-    return out
+_flat_hparams = flat_hparams  # the name diffusion/training.py imports
 
 
 def train(cfg: VAETrainConfig, datasets: Sequence[Dataset] | None = None, accelerator: Any = None) -> dict:
