@@ -163,7 +163,7 @@ def write_picture_grid(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
         vae = load_vae(out / f"vae-{key}")
         with torch.no_grad():
             recon = vae.decode(vae.encode(clip[None]).mode())[0].clamp(-1, 1)
-        videos = sorted((out / f"samples-{key}").glob("*.mp4"))
+        videos = sorted((out / f"samples-{key}").rglob("*.mp4"))
         fake = read_video_frames(videos[0], list(range(v.frames))) if videos else None
         rows.append((key, video_to_uint8(clip), video_to_uint8(recon), fake))
     n = 4
