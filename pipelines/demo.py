@@ -54,7 +54,7 @@ DEMO_VAES = {
 
 @dataclass(frozen=True)
 class Budget:
-    """How long each stage trains; ``quick`` is the CI setting, the default is the full demo (< 15 min, 2 cores)."""
+    """How long each stage trains; ``QUICK`` is the CI setting, ``FULL`` the default demo (aimed at < 15 min on 2 cores)."""
 
     vae_steps: int
     latte_steps: int
@@ -65,7 +65,7 @@ class Budget:
     eval_clips: int
 
 
-FULL = Budget(vae_steps=300, latte_steps=400, clips_per_video=8, num_videos=8, sample_steps=25, resolution=64,
+FULL = Budget(vae_steps=120, latte_steps=200, clips_per_video=8, num_videos=8, sample_steps=20, resolution=32,
               eval_clips=8)
 QUICK = Budget(vae_steps=4, latte_steps=6, clips_per_video=2, num_videos=4, sample_steps=4, resolution=32,
                eval_clips=2)
