@@ -48,7 +48,7 @@ def _build(spec: str, peer_size: str):
     kind, name = spec.split(":", 1)
     if kind == "vae":
         from tokenizer import build_vae
-        from tokenizer.training.vae_trainer import find_last_layer
+        from tokenizer.training.vae_parts import find_last_layer
 
         m = build_vae(name)
         return m, m.encode, m.decode, m.frame_rule, find_last_layer(m)

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from tokenizer.config import load_config
-from tokenizer.io import state_dict_fingerprint
 from tokenizer.training.rundir import RunDir
 from tokenizer.training.vae_config import VAETrainConfig
 from tokenizer.training.vae_trainer import VAETrainer

@@ -22,7 +22,7 @@ from ..losses import LossConfig
 from ..motion import MotionLossConfig
 
 STAGES = ("vae", "motion")
-PRECISIONS = ("no", "bf16", "fp16")
+PRECISIONS = ("no", "bf16")  # fp16 would need one gradient scaler per optimiser: not offered
 TRACKERS = ("tensorboard", "none")
 SAMPLE_FORMATS = ("gif", "mp4")
 INIT_WEIGHTS = ("model", "ema")
@@ -79,7 +79,7 @@ class TrainSection:
     seed: int = 0
     num_workers: int = 0  # DataLoader workers per process
     cache_items: bool = False  # keep decoded clips in memory (needs a deterministic data config; small sets)
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    mixed_precision: str = "no"  # no | bf16
     cpu: bool = False  # force the CPU even where a GPU exists
     ema_decay: float = 0.999
     checkpoint_every: int = 1000

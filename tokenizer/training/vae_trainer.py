@@ -17,7 +17,6 @@ an uninterrupted run would have taken (bit-exact on CPU).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -31,7 +30,6 @@ from ..base import VideoVAE
 from ..config import ConfigError, from_dict, to_dict
 from ..data import build_dataset
 from ..discriminator import PatchDiscriminator3D
-from ..io import load_weights
 from ..losses import VAELoss
 from ..registry import build_vae
 from .data import BucketedStream, ClipStream
@@ -43,91 +41,10 @@ from .rundir import RunDir
 from .samples import motion_panels, write_panels
 from .state import capture_rng, derive_seed, restore_rng, seed_everything
 from .vae_config import VAETrainConfig, active_phase, validate
+from .vae_parts import (CachedItems, bucket_data_configs, find_last_layer, load_init_weights, parameter_groups,
+                        video_of)
 
 STATE_FORMAT = 1
-
-
-# --- model helpers ---------------------------------------------------------------------------------------------
-def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Named groups of parameters that phases freeze: the model's own ``parameter_groups()`` (DeCo-VAE: motion,
-    enc_k, enc_m, enc_r, decoder) or else its top-level children (encoder, decoder, ...)."""
-    fn = getattr(model, "parameter_groups", None)
-    groups = fn() if callable(fn) else dict(model.named_children())
-    out = {}
-    for name, g in groups.items():
-        out[name] = list(g.parameters()) if isinstance(g, nn.Module) else list(g)
-    return out
-
-
-def find_last_layer(model: nn.Module, name: str | None = None) -> nn.Parameter:
-    """The decoder's last weight (where the adaptive GAN weight compares gradients)."""
-    params = dict(model.named_parameters())
-    if name is not None:
-        if name not in params:
-            raise ConfigError(f"model.last_layer='{name}' is not a parameter of {type(model).__name__}")
-        return params[name]
-    fn = getattr(model, "last_layer", None)
-    if callable(fn):
-        return fn()
-    candidates = [n for n in params if "decoder" in n and "conv_out" in n and n.endswith("weight")]
-    if not candidates:
-        raise ConfigError(f"cannot find the decoder's last layer of {type(model).__name__}: set model.last_layer "
-                          "to a parameter name")
-    return params[candidates[-1]]
-
-
-def load_init_weights(path: str | Path, which: str = "model") -> dict[str, torch.Tensor]:
-    """Weights to start a run from: a run folder (its latest checkpoint's raw model or EMA weights), a
-    ``save_pretrained`` folder, or a weights file (safetensors / torch)."""
-    from ..io import load_state_dict_file
-
-    path = Path(path)
-    if path.is_dir():
-        run = RunDir(path, keep_last=None, is_main=False)  # read-only view of another run
-        ckpt = run.latest()
-        if ckpt is not None:
-            if which == "ema":
-                return load_weights(ckpt / EMA_FILE)[0]
-            return run.load_checkpoint(ckpt)[0]["model"]
-        for f in ("model.safetensors", EMA_FILE):
-            if (path / f).is_file():
-                return load_weights(path / f)[0]
-        raise FileNotFoundError(f"model.init_from_run={path}: no checkpoint (latest), model.safetensors or "
-                                f"{EMA_FILE} in it")
-    if not path.is_file():
-        raise FileNotFoundError(f"model.init_from_run={path}: no such file or folder")
-    return load_state_dict_file(path)
-
-
-class _CachedItems(Dataset):
-    """Decoded clips kept in memory by index (only for data configs without random draws)."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-        self.cache: dict[int, Any] = {}
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        if i not in self.cache:
-            self.cache[i] = self.dataset[i]
-        return self.cache[i]
-
-
-def bucket_data_configs(cfg: VAETrainConfig) -> list[tuple[Any, int]]:
-    """(DataConfig, per-process batch size) of each bucket (one bucket: the data config itself)."""
-    if not cfg.buckets:
-        return [(cfg.data, cfg.train.batch_size)]
-    out = []
-    for b in cfg.buckets:
-        changes = {k: getattr(b, k) for k in ("resolution", "num_frames", "frame_interval") if getattr(b, k)}
-        out.append((dataclasses.replace(cfg.data, **changes), b.batch_size or cfg.train.batch_size))
-    return out
-
-
-def video_of(batch: Any) -> torch.Tensor:
-    return batch["video"] if isinstance(batch, dict) else batch
 
 
 # --- the trainer -----------------------------------------------------------------------------------------------
@@ -156,6 +73,7 @@ class VAETrainer:
             self.model.enable_gradient_checkpointing(True)
         self.groups = parameter_groups(self.model)
         self._check_phase_groups()
+        self._check_start_files()
         self.disc = PatchDiscriminator3D(cfg.disc) if cfg.loss.gan_weight > 0 else None
         self.loss = VAELoss(cfg.loss, seed=t.seed).to(self.device) if t.stage == "vae" else None
         self.motion_loss = self._motion_objective() if t.stage == "motion" else None
@@ -173,7 +91,7 @@ class VAETrainer:
         if len(datasets) != len(pairs):
             raise ValueError(f"{len(datasets)} datasets given for {len(pairs)} buckets")
         if t.cache_items:
-            datasets = [_CachedItems(d) for d in datasets]
+            datasets = [CachedItems(d) for d in datasets]
         self.datasets = list(datasets)
         streams = [ClipStream(d, bs, seed=derive_seed(t.seed, i), rank=acc.process_index,
                               world_size=acc.num_processes, num_workers=t.num_workers)
@@ -223,6 +141,16 @@ class VAETrainer:
         if self.cfg.train.stage == "motion" and "motion" not in names:
             raise ConfigError(f"train.stage=motion needs a model with a 'motion' parameter group; "
                               f"{self.cfg.model.name} has {', '.join(sorted(names))}")
+
+    def _check_start_files(self) -> None:
+        """A fresh run needs its start weights (init_from, init_from_run); a resumed one takes them from its
+        checkpoint. Say so before any work."""
+        m = self.cfg.model
+        if RunDir(self.cfg.train.run_dir, keep_last=None, is_main=False).latest() is not None:
+            return  # resuming
+        for key, path in (("model.init_from", m.init_from), ("model.init_from_run", m.init_from_run)):
+            if path and not Path(path).exists():
+                raise FileNotFoundError(f"{key}={path}: not found (it is read at the start of a fresh run)")
 
     def _motion_objective(self):
         """DeCo-VAE's motion pre-training: photometric warp + smoothness loss (``tokenizer.motion``) of the model's

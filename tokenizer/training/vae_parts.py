@@ -1,0 +1,97 @@
+"""Model and data helpers of video-VAE training: parameter groups, the decoder's last layer, start weights, buckets."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..config import ConfigError
+from ..io import load_state_dict_file, load_weights
+from .rundir import EMA as EMA_FILE
+from .rundir import RunDir
+from .vae_config import VAETrainConfig
+
+
+# --- model helpers ---------------------------------------------------------------------------------------------
+def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Named groups of parameters that phases freeze: the model's own ``parameter_groups()`` (DeCo-VAE: motion,
+    enc_k, enc_m, enc_r, decoder) or else its top-level children (encoder, decoder, ...)."""
+    fn = getattr(model, "parameter_groups", None)
+    groups = fn() if callable(fn) else dict(model.named_children())
+    out = {}
+    for name, g in groups.items():
+        out[name] = list(g.parameters()) if isinstance(g, nn.Module) else list(g)
+    return out
+
+
+def find_last_layer(model: nn.Module, name: str | None = None) -> nn.Parameter:
+    """The decoder's last weight (where the adaptive GAN weight compares gradients)."""
+    params = dict(model.named_parameters())
+    if name is not None:
+        if name not in params:
+            raise ConfigError(f"model.last_layer='{name}' is not a parameter of {type(model).__name__}")
+        return params[name]
+    fn = getattr(model, "last_layer", None)
+    if callable(fn):
+        return fn()
+    candidates = [n for n in params if "decoder" in n and "conv_out" in n and n.endswith("weight")]
+    if not candidates:
+        raise ConfigError(f"cannot find the decoder's last layer of {type(model).__name__}: set model.last_layer "
+                          "to a parameter name")
+    return params[candidates[-1]]
+
+
+def load_init_weights(path: str | Path, which: str = "model") -> dict[str, torch.Tensor]:
+    """Weights to start a run from: a run folder (its latest checkpoint's raw model or EMA weights), a
+    ``save_pretrained`` folder, or a weights file (safetensors / torch)."""
+    path = Path(path)
+    if path.is_dir():
+        run = RunDir(path, keep_last=None, is_main=False)  # read-only view of another run
+        ckpt = run.latest()
+        if ckpt is not None:
+            if which == "ema":
+                return load_weights(ckpt / EMA_FILE)[0]
+            return run.load_checkpoint(ckpt)[0]["model"]
+        for f in ("model.safetensors", EMA_FILE):
+            if (path / f).is_file():
+                return load_weights(path / f)[0]
+        raise FileNotFoundError(f"model.init_from_run={path}: no checkpoint (latest), model.safetensors or "
+                                f"{EMA_FILE} in it")
+    if not path.is_file():
+        raise FileNotFoundError(f"model.init_from_run={path}: no such file or folder")
+    return load_state_dict_file(path)
+
+
+class CachedItems(Dataset):
+    """Decoded clips kept in memory by index (only for data configs without random draws)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.cache: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        if i not in self.cache:
+            self.cache[i] = self.dataset[i]
+        return self.cache[i]
+
+
+def bucket_data_configs(cfg: VAETrainConfig) -> list[tuple[Any, int]]:
+    """(DataConfig, per-process batch size) of each bucket (one bucket: the data config itself)."""
+    if not cfg.buckets:
+        return [(cfg.data, cfg.train.batch_size)]
+    out = []
+    for b in cfg.buckets:
+        changes = {k: getattr(b, k) for k in ("resolution", "num_frames", "frame_interval") if getattr(b, k)}
+        out.append((dataclasses.replace(cfg.data, **changes), b.batch_size or cfg.train.batch_size))
+    return out
+
+
+def video_of(batch: Any) -> torch.Tensor:
+    return batch["video"] if isinstance(batch, dict) else batch
