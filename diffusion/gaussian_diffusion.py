@@ -121,7 +121,8 @@ class GaussianDiffusion:
         self.posterior_log_variance_clipped = torch.log(torch.cat([self.posterior_variance[1:2],
                                                                    self.posterior_variance[1:]]))
         self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = ((1.0 - self.alphas_cumprod_prev) * (1.0 - betas).sqrt()
+                                     / (1.0 - self.alphas_cumprod))
 
     def respace(self, steps: Union[int, str, Iterable[int]]) -> "GaussianDiffusion":
         """A diffusion over a subset of this one's steps with the same alpha-bar at every kept step (IDDPM
@@ -160,20 +161,25 @@ class GaussianDiffusion:
     # --- forward process and posterior -----------------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(alpha-bar_t) x_0 + sqrt(1 - alpha-bar_t) eps (DDPM eq. 4)."""
-        return self.gather(self.sqrt_alphas_cumprod, t, x0) * x0 + self.gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        a, b = self.gather(self.sqrt_alphas_cumprod, t, x0), self.gather(self.sqrt_one_minus_alphas_cumprod, t, x0)
+        return a * x0 + b * noise
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and clipped log-variance of q(x_{t-1} | x_t, x_0) (DDPM eqs. 6-7)."""
-        mean = self.gather(self.posterior_mean_coef1, t, x_t) * x0 + self.gather(self.posterior_mean_coef2, t, x_t) * x_t
-        return mean, self.gather(self.posterior_log_variance_clipped, t, x_t).expand_as(x_t)
+        c1, c2 = self.gather(self.posterior_mean_coef1, t, x_t), self.gather(self.posterior_mean_coef2, t, x_t)
+        return c1 * x0 + c2 * x_t, self.gather(self.posterior_log_variance_clipped, t, x_t).expand_as(x_t)
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x_0 = (x_t - sqrt(1 - alpha-bar_t) eps) / sqrt(alpha-bar_t) (DDPM eq. 4 solved for x_0)."""
-        return self.gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - self.gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        a = self.gather(self.sqrt_recip_alphas_cumprod, t, x_t)  # 1 / sqrt(alpha-bar)
+        b = self.gather(self.sqrt_recipm1_alphas_cumprod, t, x_t)  # sqrt(1 / alpha-bar - 1)
+        return a * x_t - b * eps
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """The eps that maps x_0 to x_t (inverse of :meth:`predict_x0`)."""
-        return (self.gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / self.gather(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+        a = self.gather(self.sqrt_recip_alphas_cumprod, t, x_t)  # 1 / sqrt(alpha-bar)
+        b = self.gather(self.sqrt_recipm1_alphas_cumprod, t, x_t)  # sqrt(1 / alpha-bar - 1)
+        return (a * x_t - x0) / b
 
     # --- the reverse process ---------------------------------------------------------------------------------
     def split_output(self, out: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:

@@ -207,7 +207,8 @@ def toy_learned(diffusion: GaussianDiffusion, steps: int):
         i = torch.tensor([index[int(t_model[0])]])  # the sampler calls one step for the whole batch
         a = sub.alphas_cumprod[i].view(-1, 1)
         var_x0 = S ** 2 * (1 - a) / (a * S ** 2 + 1 - a)
-        log_var = torch.log(sub.posterior_variance[i].view(-1, 1) + sub.posterior_mean_coef1[i].view(-1, 1) ** 2 * var_x0)
+        coef1 = sub.posterior_mean_coef1[i].view(-1, 1)
+        log_var = torch.log(sub.posterior_variance[i].view(-1, 1) + coef1 ** 2 * var_x0)
         lo, hi = sub.posterior_log_variance_clipped[i].view(-1, 1), sub.betas[i].log().view(-1, 1)
         v = (2 * (log_var - lo) / (hi - lo) - 1).clamp(-1, 1).float().expand_as(x)
         return torch.cat([eps(x, t_model), v], dim=1)

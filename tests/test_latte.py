@@ -36,7 +36,8 @@ def public_layout(depth: int, hidden: int, in_ch: int, patch: int, frames: int, 
              "x_embedder.proj.weight": (hidden, in_ch, patch, patch), "x_embedder.proj.bias": (hidden,),
              "t_embedder.mlp.0.weight": (hidden, 256), "t_embedder.mlp.0.bias": (hidden,),
              "t_embedder.mlp.2.weight": (hidden, hidden), "t_embedder.mlp.2.bias": (hidden,),
-             "final_layer.linear.weight": (patch * patch * out, hidden), "final_layer.linear.bias": (patch * patch * out,),
+             "final_layer.linear.weight": (patch * patch * out, hidden),
+             "final_layer.linear.bias": (patch * patch * out,),
              "final_layer.adaLN_modulation.1.weight": (2 * hidden, hidden),
              "final_layer.adaLN_modulation.1.bias": (2 * hidden,)}
     if num_classes:
