@@ -144,7 +144,8 @@ def test_sigkill_then_rerun_resumes_exactly(tmp_path, uninterrupted, real_clips)
     cmd = [sys.executable, "-m", "tokenizer.train_vae", "--config", "configs/tokenizer/plain_tiny.yaml",
            f"train.run_dir={run}", "train.tracker=none", "train.progress_bar=false", "loss.lpips_net=squeeze",
            *RESUME]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    # same thread count as this process: float reductions must be ordered alike for a bit-exact comparison
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (run / "latest").is_file() and time.time() < deadline and proc.poll() is None:
