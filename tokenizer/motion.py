@@ -398,27 +398,35 @@ def clip_pairs(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x_t, x_0
 
 
+def motion_module_of(model: nn.Module) -> MotionModule:
+    """``model`` itself if it is a :class:`MotionModule`, else its ``motion`` attribute (DeCo-VAE)."""
+    module = model if isinstance(model, MotionModule) else getattr(model, "motion", None)
+    if not isinstance(module, MotionModule):
+        raise ValueError(f"{type(model).__name__} has no motion module to pre-train")
+    return module
+
+
 def motion_pretrain_loss(model: nn.Module, video: torch.Tensor,
                          cfg: MotionLossConfig | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The motion stage's objective for a model with a ``motion`` module (DeCo-VAE) or a :class:`MotionModule`:
     every (x_t, x_0) pair of the clips ``video`` (b 3 t h w) -> (loss, {name: detached term})."""
-    module = model if isinstance(model, MotionModule) else getattr(model, "motion", None)
-    if not isinstance(module, MotionModule):
-        raise ValueError(f"{type(model).__name__} has no motion module to pre-train")
+    module = motion_module_of(model)
     x_t, x_0 = clip_pairs(video)
     motion, pred = module(x_t, x_0)
     terms = motion_loss(motion, pred, x_t, cfg or MotionLossConfig())
     return terms["loss"], {f"motion/{k}": v for k, v in terms.items() if k != "loss"}
 
 
-def pretrain_motion(module: MotionModule, clips: Iterable[torch.Tensor], steps: int, lr: float = 2e-4,
+def pretrain_motion(model: nn.Module, clips: Iterable[torch.Tensor], steps: int, lr: float = 2e-4,
                     loss_cfg: MotionLossConfig | None = None, betas: Sequence[float] = (0.9, 0.999),
                     grad_clip: float = 1.0, log_every: int = 0, log=print) -> list[float]:
-    """Pre-train the learned estimator of ``module`` for ``steps`` Adam steps on ``clips`` (cycled).
+    """Pre-train the learned estimator of ``model`` (a :class:`MotionModule` or a DeCo-VAE) for ``steps`` Adam steps
+    on ``clips`` (cycled).
 
     ``clips`` yields videos (b 3 t h w) in [-1, 1]; each step uses every (x_t, x_0) pair of one batch, the
     keyframe being the clip's first frame, as in DeCo-VAE's decoupling. Returns the loss of every step.
     """
+    module = motion_module_of(model)
     if not isinstance(module.estimator, MotionEstimator):
         raise ValueError("only the learned motion estimator has parameters to pre-train")
     loss_cfg = loss_cfg or MotionLossConfig()
