@@ -2,8 +2,8 @@
 
 Paper: Yin et al., "DeCo-VAE: Learning Compact Latents for Video Reconstruction via Decoupled Representation".
 
-    decoupling (eqs. 4-7)    x_0 = keyframe;  m_t = M(concat(x_t, x_0));  x_hat_t^m = W(x_0, m_t);  r_t = x_t - x_hat_t^m
-                             X_k = T (x) x_0,  X_m = {m_t},  X_r = {r_t}
+    decoupling (eqs. 4-7)    x_0 = keyframe;  m_t = M(concat(x_t, x_0));  x_hat_t^m = W(x_0, m_t)
+                             r_t = x_t - x_hat_t^m;  X_k = T (x) x_0,  X_m = {m_t},  X_r = {r_t}
     encoders (eqs. 1-2)      mu_i, log sigma_i^2 = E_i(X_i),  z_i = mu_i + sigma_i eps,  i in {k, m, r}
     shared decoder (eq. 3)   X_hat_i = D(z_i)
     recoupling (eq. 8)       x_hat_0 = mean_t X_hat_k;  x_hat_t = W(x_hat_0, m_hat_t) + r_hat_t
@@ -28,9 +28,9 @@ RGB, i.e. exactly the ``plain`` baseline (Table 5, row 1).
 Groups of pictures (beyond the paper, its sec. 6 limitation): ``gop`` = frames per keyframe. Group 0 holds frames
 ``0 .. gop`` (the lone first frame of the causal layout plus ``gop`` frames), group ``j >= 1`` frames
 ``1 + j gop .. (j + 1) gop``; a group's keyframe is its first frame. Groups end on latent-frame boundaries (latent
-frame 0 <-> frame 0, latent frame ``i`` <-> frames ``4i-3 .. 4i``), and ``gop=16`` on 17-frame clips is the paper. With ``gop`` set, ``encode`` and
-``decode`` run group by group through the causal cache (bounded memory) and equal the whole-clip result.
-``gop=None`` (default) = one keyframe for the whole clip (the paper).
+frame 0 <-> frame 0, latent frame ``i`` <-> frames ``4i-3 .. 4i``), and ``gop=16`` on 17-frame clips is the paper.
+With ``gop`` set, ``encode`` and ``decode`` run group by group through the causal cache (bounded memory) and equal
+the whole-clip result. ``gop=None`` (default) = one keyframe for the whole clip (the paper).
 """
 from __future__ import annotations
 
@@ -226,6 +226,12 @@ class DeCoVAE(VideoVAE):
             sums[key] = part if key not in sums else sums[key] + part
             counts[key] = counts.get(key, 0) + (sl.stop - sl.start)
 
+    def _keyframe_means(self, keyframe_video: torch.Tensor) -> dict[int, torch.Tensor]:
+        """x_hat_0 of every group of a whole decoded keyframe video (b 3 t h w): {keyframe index: (b 3 h w)}."""
+        sums, counts = {}, {}
+        self._keyframe_sums(keyframe_video, 0, sums, counts)
+        return {k: sums[k] / counts[k] for k in sums}
+
     # ------------------------------------------------------------------------------------- encoders, eqs. 1-2
     def _encode_parts(self, video: torch.Tensor, cache: FrameCache | None, start: int,
                       keyframes: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,7 +276,8 @@ class DeCoVAE(VideoVAE):
     def split_latent(self, z: torch.Tensor) -> list[torch.Tensor]:
         """[z_k | z_m | z_r] (b latent t h w) -> [z_k, z_m, z_r] (dedicated) or [z] (concat, none)."""
         if z.ndim != 5 or z.shape[1] != self.latent_channels:
-            raise ValueError(f"{self.name}: expected a latent (b, {self.latent_channels}, t, h, w), got {tuple(z.shape)}")
+            raise ValueError(f"{self.name}: expected a latent (b, {self.latent_channels}, t, h, w), "
+                             f"got {tuple(z.shape)}")
         if self.config.decoupling != "dedicated":
             return [z]
         return list(torch.split(z, list(self.config.component_channels), dim=1))
@@ -317,10 +324,7 @@ class DeCoVAE(VideoVAE):
             chunk_size = self.config.gop // self.compression[0]
         if chunk_size is None:
             comps = self.decode_components(z)
-            sums, counts = {}, {}
-            self._keyframe_sums(comps["keyframe"], 0, sums, counts)
-            keyframe_hat = {k: sums[k] / counts[k] for k in sums}
-            return self.recouple(keyframe_hat, comps["motion"], comps["residual"])
+            return self.recouple(self._keyframe_means(comps["keyframe"]), comps["motion"], comps["residual"])
         if chunk_size < 1:
             raise ValueError(f"{self.name}: chunk_size must be >= 1 latent frame, got {chunk_size}")
         chunks = frame_chunks(z.shape[2], chunk_size, lone_first=True)
@@ -351,11 +355,8 @@ class DeCoVAE(VideoVAE):
         posterior = DiagonalGaussian(mean=mean, logvar=logvar)
         z = posterior.sample(generator) if sample else posterior.mode()
         hats = self.decode_components(z)
-        sums, counts = {}, {}
-        self._keyframe_sums(hats["keyframe"], 0, sums, counts)
-        keyframe_hat = {k: sums[k] / counts[k] for k in sums}
         zero = torch.zeros_like(hats["residual"])
-        prediction_hat = self.recouple(keyframe_hat, hats["motion"], zero)
+        prediction_hat = self.recouple(self._keyframe_means(hats["keyframe"]), hats["motion"], zero)
         return {**comps, "keyframe_hat": hats["keyframe"], "motion_hat": hats["motion"],
                 "residual_hat": hats["residual"], "prediction_hat": prediction_hat,
                 "reconstruction": prediction_hat + hats["residual"], "posterior": posterior, "z": z}
