@@ -69,17 +69,23 @@ def full_state(tr):
     return {k: s[k] for k in ("model", "ema", "disc", "opt_g", "opt_d", "data", "step")}
 
 
-def assert_same(a, b, path=""):
+def assert_same(a, b, path="", rtol=0.0, atol=0.0):
+    """Nested equality; with a tolerance, floats and float tensors may differ by rounding (integers never)."""
     if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{path}: {m}")
+        else:
+            assert torch.equal(a, b), path
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), path
         for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}")
+            assert_same(a[k], b[k], f"{path}.{k}", rtol, atol)
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), path
         for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{path}[{i}]")
+            assert_same(x, y, f"{path}[{i}]", rtol, atol)
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=rtol, abs=atol), path
     else:
         assert a == b, path
 
@@ -159,8 +165,10 @@ def test_sigkill_then_rerun_resumes_exactly(tmp_path, uninterrupted, real_clips)
     resumed.fit()
     k = int(done.name.split("-")[1])
     assert 1 <= k < 4  # killed mid-run: there is something left to resume
-    assert resumed.history == uninterrupted.history[k:]
-    assert_same(full_state(resumed), full_state(uninterrupted))
+    # Another process may pick other CPU kernels (CI saw 1e-6 relative drift by step 3), so this compares to
+    # rounding; the bit-exact property is test_resume_equals_uninterrupted_run's, within one process.
+    assert_same(resumed.history, uninterrupted.history[k:], "history", rtol=1e-3, atol=1e-5)
+    assert_same(full_state(resumed), full_state(uninterrupted), "state", rtol=1e-3, atol=1e-5)
 
 
 # --- faults ---------------------------------------------------------------------------------------------------

@@ -78,7 +78,8 @@ class TrainSection:
     batch_size: int = 1  # per process
     seed: int = 0
     num_workers: int = 0  # DataLoader workers per process
-    cache_items: bool = False  # keep decoded clips in memory (needs a deterministic data config; small sets)
+    cache_items: bool = False  # keep decoded clips in memory (deterministic data configs, small sets; with
+    #                            num_workers > 0 each worker holds its own cache, rebuilt every epoch)
     mixed_precision: str = "no"  # no | bf16
     cpu: bool = False  # force the CPU even where a GPU exists
     ema_decay: float = 0.999

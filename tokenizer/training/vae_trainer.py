@@ -45,6 +45,7 @@ from .vae_parts import (CachedItems, bucket_data_configs, find_last_layer, load_
                         video_of)
 
 STATE_FORMAT = 1
+HISTORY = 10_000  # steps of per-step losses kept in memory (the log file has them all at log_every)
 
 
 # --- the trainer -----------------------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ class VAETrainer:
         self.step = 0
         self._frozen: set[str] | None = None
         self._last_layer: nn.Parameter | None = None
-        self.history: list[dict[str, float]] = []  # per taken step, this process's losses (tests, analysis)
+        self.history: list[dict[str, float]] = []  # this process's losses of the last HISTORY taken steps
         self.guard = NonFiniteGuard(t.max_nonfinite, any_rank=self._any_rank, log=self._warn)
         self.monitor: RunMonitor | None = None
         self._last_good: str | None = None
@@ -393,6 +394,8 @@ class VAETrainer:
         self.ema.update(acc.unwrap_model(self.model_ddp), step)
         values = {k: float(v) for k, v in losses.items()}
         self.history.append(values)
+        if len(self.history) > 2 * HISTORY:  # bounded memory over a 500k-step run
+            del self.history[:-HISTORY]
         self._after_step(step, values, time.perf_counter() - t0)
         return True
 
