@@ -71,10 +71,39 @@ def clip_frames(vae: Any, frames: int | None) -> int:
     return t
 
 
+class CodecTimer:
+    """Wall-clock milliseconds of encode and decode per clip; the first clip is a warm-up and is not counted."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.ms: dict[str, list[float]] = {"encode": [], "decode": []}
+        self._seen = 0
+
+    def __call__(self, stage: str, fn, *args):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        out = fn(*args)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if self._seen > 0:
+            self.ms[stage].append((time.perf_counter() - t0) * 1000)
+        if stage == "decode":
+            self._seen += 1
+        return out
+
+    def summary(self) -> dict:
+        """{"encode_ms", "decode_ms": means or None, "clips": how many were timed}."""
+        mean = {k: sum(v) / len(v) if v else None for k, v in self.ms.items()}
+        return {"encode_ms": mean["encode"], "decode_ms": mean["decode"], "clips": len(self.ms["decode"])}
+
+
 @torch.no_grad()
 def evaluate(vae: Any, dataset: Any, metrics: Any, batch_size: int = 4, num_workers: int = 0,
-             num_clips: int | None = None, device: str | torch.device = "cpu", log=print) -> dict:
-    """Reconstruct every clip (this process's share under torch.distributed) and return ``metrics.compute()``."""
+             num_clips: int | None = None, device: str | torch.device = "cpu", log=print,
+             timer: CodecTimer | None = None) -> dict:
+    """Reconstruct every clip (this process's share under torch.distributed) and return ``metrics.compute()``;
+    ``timer`` (optional) collects this process's encode and decode times per clip."""
     from torch.utils.data import DataLoader, Subset
 
     from pipelines.fvd import dist_info
@@ -91,7 +120,11 @@ def evaluate(vae: Any, dataset: Any, metrics: Any, batch_size: int = 4, num_work
         # convolutions round differently with the batch size, and the numbers must not depend on it.
         for i in range(x.shape[0]):
             xi = x[i:i + 1]
-            metrics.update(xi, vae.decode(vae.encode(xi).mode()).clamp(-1, 1))
+            if timer is None:
+                metrics.update(xi, vae.decode(vae.encode(xi).mode()).clamp(-1, 1))
+                continue
+            z = timer("encode", lambda v: vae.encode(v).mode(), xi)
+            metrics.update(xi, timer("decode", vae.decode, z).clamp(-1, 1))
         done += x.shape[0]
         if rank == 0:
             log(f"  {done * world}/{n} clips ({time.time() - t0:.1f}s)")
@@ -113,6 +146,9 @@ def markdown(name: str, vae: Any, report: dict, meta: dict) -> str:
              f"{meta['num_clips']} clips of {meta['frames']}x{meta['resolution']}x{meta['resolution']} from "
              f"{meta['data']['kind']} ({meta['data_config']}); weights {meta['weights_fingerprint'][:16]}.", ""]
     lines += [f"**{label}**" for label in meta["labels"]]
+    if meta.get("encode_ms") is not None:
+        lines += ["", f"Encode {meta['encode_ms']:.1f} ms, decode {meta['decode_ms']:.1f} ms per clip: "
+                      f"{meta['timing']}."]
     lines += ["", "| Method | Compression | Channels | PSNR↑ | SSIM↑ | LPIPS↓ | rFVD↓ |",
               "|---|---|---|---|---|---|---|", table_row(name, vae, report), "",
               "| Frames | " + " | ".join(n.upper() for n in names) + " |", "|---|" + "---|" * len(names)]
@@ -177,14 +213,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"--- eval_recon ---\nvae {vae.name} from {args.ckpt} (fingerprint {vae.fingerprint()[:16]})\n"
               f"{dataset.report()}\nclips: {frames}x{args.resolution}x{args.resolution}, {world} process(es) on "
               f"{device}\n---", flush=True)
-    report = evaluate(vae, dataset, metrics, args.batch_size, args.num_workers, args.num_clips, device)
+    timer = CodecTimer(device)
+    report = evaluate(vae, dataset, metrics, args.batch_size, args.num_workers, args.num_clips, device, timer=timer)
     if rank != 0:
         return 0
+    timing = timer.summary()
     meta = {"vae": vae.name, "ckpt": str(args.ckpt), "weights_fingerprint": vae.fingerprint(),
             "compression": list(vae.compression), "latent_channels": vae.latent_channels, "frames": frames,
             "resolution": args.resolution, "num_clips": report["num_videos"], "data_config": str(args.data),
             "data": to_dict(data_cfg), "lpips_net": None if args.no_lpips else args.lpips_net,
-            "lpips_random_backbone": bool(args.lpips_random_backbone), "labels": labels}
+            "lpips_random_backbone": bool(args.lpips_random_backbone), "labels": labels,
+            "encode_ms": timing["encode_ms"], "decode_ms": timing["decode_ms"],
+            "timing": f"mean per clip (batch 1, {device}) over {timing['clips']} clips after one warm-up clip"}
     out = Path(args.out or Path("outputs") / "eval_recon" / f"{vae.name}-{Path(args.data).stem}")
     write_json(out / "recon.json", {**meta, "metrics": report})
     md = markdown(vae.name, vae, report, meta)

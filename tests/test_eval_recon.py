@@ -72,6 +72,20 @@ def test_report_is_a_labelled_table_row(results):
     row = f"| plain-tiny | 4x8x8 | 16 | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['lpips']:.4f} | {m['rfvd']['value']:.1f} |"
     assert row in md and "| first frame |" in md and "| frames 1.. |" in md
     assert "RANDOM-BACKBONE LPIPS" in md and "RANDOM-INIT I3D" in md and "not the protocol's 224" in md
+    # encode/decode time per clip for the report's table: 3 timed clips after the warm-up one
+    assert record["encode_ms"] > 0 and record["decode_ms"] > 0 and "over 3 clips" in record["timing"]
+    assert f"decode {record['decode_ms']:.1f} ms" in md
+
+
+def test_timer_skips_the_warm_up_clip_and_averages_the_rest():
+    from pipelines.eval_recon import CodecTimer
+
+    timer = CodecTimer("cpu")
+    for _ in range(3):
+        z = timer("encode", lambda v: v * 2, torch.ones(1))
+        assert timer("decode", lambda v: v + 1, z).item() == 3.0
+    s = timer.summary()
+    assert s["clips"] == 2 and len(timer.ms["encode"]) == 2 and s["encode_ms"] == sum(timer.ms["encode"]) / 2
 
 
 def test_clear_errors(saved_vae, capsys):
