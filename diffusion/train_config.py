@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from tokenizer.config import ConfigError
+from tokenizer.config import ConfigError, check_at_least, check_choices
 
 # fp16 is left out: its dynamic loss scaler must see overflowing steps, which the non-finite guard skips
 PRECISIONS = ("no", "bf16")
@@ -120,17 +120,12 @@ class LatteTrainConfig:
 def validate(cfg: LatteTrainConfig) -> None:
     """Checks of single fields and field combinations; raises ConfigError naming the key."""
     t, s = cfg.train, cfg.sample
-    for key, value, valid in (("train.mixed_precision", t.mixed_precision, PRECISIONS),
-                              ("train.tracker", t.tracker, TRACKERS), ("sample.format", s.format, SAMPLE_FORMATS),
-                              ("sample.sampler", s.sampler, SAMPLERS),
-                              ("data.normalize", cfg.data.normalize, NORMALIZE),
-                              ("data.conditioning", cfg.data.conditioning, CONDITIONING)):
-        if value not in valid:
-            raise ConfigError(f"invalid value '{key}={value}': valid values are {', '.join(valid)}")
-    for key in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "max_nonfinite",
-                "keep_last"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"invalid value 'train.{key}={getattr(t, key)}': must be >= 1")
+    check_choices(("train.mixed_precision", t.mixed_precision, PRECISIONS), ("train.tracker", t.tracker, TRACKERS),
+                  ("sample.format", s.format, SAMPLE_FORMATS), ("sample.sampler", s.sampler, SAMPLERS),
+                  ("data.normalize", cfg.data.normalize, NORMALIZE),
+                  ("data.conditioning", cfg.data.conditioning, CONDITIONING))
+    check_at_least(t, ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "max_nonfinite",
+                       "keep_last"), prefix="train.")
     for key in ("every", "num", "steps"):
         low = 0 if key == "every" else 1
         if getattr(s, key) < low:

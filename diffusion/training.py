@@ -32,6 +32,7 @@ from tokenizer.config import ConfigError, to_dict
 from tokenizer.io import state_dict_fingerprint
 from tokenizer.training import (EMA, ClipStream, NonFiniteGuard, RunDir, RunMonitor, capture_rng, derive_seed,
                                 restore_rng, seed_everything)
+from tokenizer.training.loop import TrainLoop
 
 from .latte_run import (EMA_FILE, CacheSpec, LatteRun, build_from_record, cache_vae, load_config_vae,  # noqa: F401
                         load_init_state, load_latte_run, open_cache, run_record, write_run_files)
@@ -52,7 +53,7 @@ def make_accelerator(cfg: LatteTrainConfig):
                        log_with=None if t.tracker == "none" else t.tracker, project_dir=t.run_dir)
 
 
-class LatteTrainer:
+class LatteTrainer(TrainLoop):
     """Builds a run from a :class:`LatteTrainConfig`, resumes if it can, and trains.
 
     Args:
@@ -122,22 +123,9 @@ class LatteTrainer:
         """Parameters of the whole model (also when sharded)."""
         return sum(math.prod(p.shape) for p in self.model.parameters())
 
-    def _any_rank(self, bad: bool) -> bool:
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return bad
-        flag = torch.tensor([1.0 if bad else 0.0], device=self.device)
-        return bool(acc.reduce(flag, reduction="sum").item() > 0)
-
     def _mean_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
         acc = self.accelerator
         return x if acc.num_processes == 1 else acc.reduce(x.detach().clone(), reduction="mean")
-
-    def _warn(self, msg: str) -> None:
-        if self.monitor is not None:
-            self.monitor.warning(msg)
-        elif self.accelerator.is_main_process:
-            print(msg, flush=True)
 
     def draws(self, step: int, positions: list[int], shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
         """(t, noise, drop) of the clips at ``positions`` of step ``step``'s global batch.
@@ -225,21 +213,9 @@ class LatteTrainer:
                                   f"{self.record['config']}: {'; '.join(problems)}")
             self.model.load_state_dict(state, strict=True)
         self._wrap()
-        rng = None
-        if ckpt is not None:
-            state, rng = self.run.load_checkpoint(ckpt)
-            self.load_state_dict(state)
-            self._last_good = ckpt.name
-        if t.tracker != "none":
-            acc.init_trackers("tensorboard", config=flat_hparams(to_dict(cfg)))
-        self.monitor = RunMonitor(self.run.log_path, t.max_steps, self.step, is_main=acc.is_main_process,
-                                  accelerator=acc if t.tracker != "none" else None, show_bar=t.progress_bar,
-                                  name=f"train {cfg.model.name}")
+        rng = self._open_run(ckpt, changed)
         m = self.monitor
-        if ckpt is not None:
-            m.info(f"resuming from {ckpt} at step {self.step}" + (f"; config changed: {', '.join(changed)}"
-                                                                   if changed else ""))
-        else:
+        if ckpt is None:
             layout = ("sharded (FSDP2)" if self.sharded else "replicated (DDP)" if acc.num_processes > 1
                       else "one process")
             m.info(f"new run in {self.run.root}: {cfg.model.name}, {self.num_parameters:,} parameters, "
@@ -273,19 +249,6 @@ class LatteTrainer:
         self.forward = torch.compile(self.model_ddp) if cfg.model.compile else self.model_ddp
 
     # --- the loop -----------------------------------------------------------------------------------------------
-    def fit(self) -> dict:
-        """Train to ``train.max_steps`` (resuming if possible); returns a summary."""
-        self.setup()
-        t = self.cfg.train
-        try:
-            while self.step < t.max_steps:
-                self.train_step()
-        finally:
-            self.monitor.close()
-            if t.tracker != "none":
-                self.accelerator.end_training()
-        return {"step": self.step, "run_dir": str(self.run.root), "skipped": self.guard.total}
-
     def _micro_batch(self, step: int, micro: int) -> tuple[torch.Tensor, ...]:
         """This process's latents, labels and draws for micro-batch ``micro`` of step ``step``."""
         acc, t = self.accelerator, self.cfg.train
@@ -406,17 +369,6 @@ class LatteTrainer:
         write_panels(path, [[v] for v in video], fps=self.cfg.sample.fps)
         self.monitor.info(f"step {step}: samples {path}")
         return path
-
-
-def flat_hparams(d: dict, prefix: str = "") -> dict:
-    """Nested config -> {dotted key: scalar} (tensorboard's hyper-parameter table takes scalars only)."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat_hparams(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
 
 
 def state_dict_misfit(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:

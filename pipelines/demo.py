@@ -65,7 +65,9 @@ class Budget:
     eval_clips: int
 
 
-FULL = Budget(vae_steps=120, latte_steps=200, clips_per_video=8, num_videos=8, sample_steps=20, resolution=32,
+# FULL: about 7.5 min on an idle 2-core machine (VAE training is most of it: deco-tiny ~1.8 steps/s, vcvae-tiny
+# ~4.5 steps/s; README "The end-to-end demo" has the measured stage times).
+FULL = Budget(vae_steps=360, latte_steps=500, clips_per_video=8, num_videos=8, sample_steps=20, resolution=32,
               eval_clips=8)
 QUICK = Budget(vae_steps=4, latte_steps=6, clips_per_video=2, num_videos=4, sample_steps=4, resolution=32,
                eval_clips=2)

@@ -19,6 +19,8 @@ from diffusion.latte_run import load_latte_run
 from diffusion.train_config import LatteTrainConfig
 from diffusion.training import LatteTrainer
 
+from tests.helpers import assert_same
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "diffusion", "latte_tiny.yaml")
 
@@ -53,21 +55,6 @@ def trainer(cache, run_dir, *overrides, **kw):
 def full_state(tr):
     s = tr.state_dict()
     return {k: s[k] for k in ("model", "ema", "opt", "data", "step", "guard")}
-
-
-def assert_same(a, b, path=""):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 def assert_close(a: dict, b: dict, atol: float):

@@ -15,6 +15,8 @@ from tokenizer.training.rundir import RunDir
 from tokenizer.training.vae_config import VAETrainConfig
 from tokenizer.training.vae_trainer import VAETrainer
 
+from tests.helpers import assert_same
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.filterwarnings("ignore:LPIPS with a RANDOM")
 
@@ -67,21 +69,6 @@ def full_state(tr):
     """Everything that must match between a resumed and an uninterrupted run."""
     s = tr.state_dict()
     return {k: s[k] for k in ("model", "ema", "disc", "opt_g", "opt_d", "data", "step")}
-
-
-def assert_same(a, b, path=""):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 # --- the plain VAE: run folder, losses, GAN start, samples; the reference for the resume tests ----------------------

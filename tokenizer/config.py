@@ -25,6 +25,24 @@ class ConfigError(ValueError):
     """A configuration problem a user can fix: wrong key, wrong type, missing file."""
 
 
+def check_choices(*fields: tuple[str, Any, Sequence[Any]]) -> None:
+    """Each ``(key, value, valid)``: ``value`` is one of ``valid``, or a ConfigError names the key and the choices."""
+    for key, value, valid in fields:
+        if value not in valid:
+            raise ConfigError(f"invalid value '{key}={value}': valid values are {', '.join(map(str, valid))}")
+
+
+def check_at_least(section: Any, keys: Sequence[str], low: int = 1, prefix: str = "", optional: bool = False) -> None:
+    """Each ``section.<key>`` is >= ``low`` (``optional``: or None), or a ConfigError names ``<prefix><key>``."""
+    for key in keys:
+        value = getattr(section, key)
+        if optional and value is None:
+            continue
+        if value < low:
+            raise ConfigError(f"invalid value '{prefix}{key}={value}': must be >= {low}" + (" or null" if optional
+                                                                                             else ""))
+
+
 def _valid_keys(schema: Any, dotted: str) -> list[str]:
     """Field names valid at the level of ``dotted`` (e.g. 'optim.lrr' -> fields of the optim schema)."""
     node = OmegaConf.structured(schema)

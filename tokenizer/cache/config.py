@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from ..config import ConfigError, load_config
+from ..config import ConfigError, check_at_least, check_choices, load_config
 
 STORAGE_DTYPES = ("bf16", "fp16", "fp32")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -46,21 +46,13 @@ class CacheConfig:
     verify_on_resume: bool = True  # re-hash existing shards on restart (false: trust their size)
 
     def __post_init__(self) -> None:
-        for key, value, valid in (("dtype", self.dtype, STORAGE_DTYPES), ("precision", self.precision, PRECISIONS),
-                                  ("device", self.device, DEVICES)):
-            if value not in valid:
-                raise ConfigError(f"invalid value '{key}={value}': valid values are {', '.join(valid)}")
-        for key in ("batch_size", "prefetch_factor"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"invalid value '{key}={getattr(self, key)}': must be >= 1")
-        if self.num_workers < 0:
-            raise ConfigError(f"invalid value 'num_workers={self.num_workers}': must be >= 0")
+        check_choices(("dtype", self.dtype, STORAGE_DTYPES), ("precision", self.precision, PRECISIONS),
+                      ("device", self.device, DEVICES))
+        check_at_least(self, ("batch_size", "prefetch_factor"))
+        check_at_least(self, ("num_workers",), low=0)
         if self.shard_size_mb <= 0:
             raise ConfigError(f"invalid value 'shard_size_mb={self.shard_size_mb}': must be > 0")
-        if self.clips_per_shard is not None and self.clips_per_shard < 1:
-            raise ConfigError(f"invalid value 'clips_per_shard={self.clips_per_shard}': must be >= 1 or null")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ConfigError(f"invalid value 'chunk_size={self.chunk_size}': must be >= 1 or null")
+        check_at_least(self, ("clips_per_shard", "chunk_size"), optional=True)
 
 
 def field_names(schema: type) -> set[str]:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..config import ConfigError, load_config
+from ..config import ConfigError, check_at_least, check_choices, load_config
 
 KINDS = ("ucf101", "sky_timelapse", "folder", "samples")
 SPLITS = ("train", "test", "all")
@@ -43,20 +43,14 @@ class DataConfig:
     read_retries: int = 4  # at read time, a video that fails is replaced by the next videos, up to this many
 
     def __post_init__(self) -> None:
-        for key, value, valid in (("kind", self.kind, KINDS), ("split", self.split, SPLITS),
-                                  ("crop", self.crop, CROPS), ("offset", self.offset, OFFSETS)):
-            if value not in valid:
-                raise ConfigError(f"invalid value '{key}={value}': valid values are {', '.join(valid)}")
+        check_choices(("kind", self.kind, KINDS), ("split", self.split, SPLITS), ("crop", self.crop, CROPS),
+                      ("offset", self.offset, OFFSETS))
         if self.fold not in (1, 2, 3):
             raise ConfigError(f"invalid value 'fold={self.fold}': UCF101 has official folds 1, 2, 3")
-        for key in ("num_frames", "frame_interval", "resolution", "clips_per_video", "decode_threads",
-                    "probe_workers"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"invalid value '{key}={getattr(self, key)}': must be >= 1")
-        if self.read_retries < 0:
-            raise ConfigError(f"invalid value 'read_retries={self.read_retries}': must be >= 0")
-        if self.max_videos is not None and self.max_videos < 1:
-            raise ConfigError(f"invalid value 'max_videos={self.max_videos}': must be >= 1 or null")
+        check_at_least(self, ("num_frames", "frame_interval", "resolution", "clips_per_video", "decode_threads",
+                              "probe_workers"))
+        check_at_least(self, ("read_retries",), low=0)
+        check_at_least(self, ("max_videos",), optional=True)
         if self.kind != "samples" and not self.root:
             raise ConfigError(f"'root' is required for kind={self.kind}: the dataset folder "
                               f"(e.g. root=/data/{self.kind} on the command line)")

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from ..config import ConfigError
+from ..config import ConfigError, check_at_least, check_choices
 from ..data import DataConfig
 from ..discriminator import DiscriminatorConfig
 from ..losses import LossConfig
@@ -111,17 +111,11 @@ class VAETrainConfig:
 def validate(cfg: VAETrainConfig) -> None:
     """Checks that need several fields; raises ConfigError with the offending key."""
     t = cfg.train
-    for key, value, valid in (("train.stage", t.stage, STAGES), ("train.mixed_precision", t.mixed_precision,
-                                                                    PRECISIONS),
-                              ("train.tracker", t.tracker, TRACKERS), ("train.sample_format", t.sample_format,
-                                                                      SAMPLE_FORMATS),
-                              ("model.init_weights", cfg.model.init_weights, INIT_WEIGHTS)):
-        if value not in valid:
-            raise ConfigError(f"invalid value '{key}={value}': valid values are {', '.join(valid)}")
-    for key in ("max_steps", "batch_size", "checkpoint_every", "sample_every", "log_every", "max_nonfinite",
-                "keep_last"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"invalid value 'train.{key}={getattr(t, key)}': must be >= 1")
+    check_choices(("train.stage", t.stage, STAGES), ("train.mixed_precision", t.mixed_precision, PRECISIONS),
+                  ("train.tracker", t.tracker, TRACKERS), ("train.sample_format", t.sample_format, SAMPLE_FORMATS),
+                  ("model.init_weights", cfg.model.init_weights, INIT_WEIGHTS))
+    check_at_least(t, ("max_steps", "batch_size", "checkpoint_every", "sample_every", "log_every", "max_nonfinite",
+                       "keep_last"), prefix="train.")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"invalid value 'train.ema_decay={t.ema_decay}': must be in [0, 1)")
     if len(cfg.optim.betas) != 2:

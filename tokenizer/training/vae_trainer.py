@@ -35,7 +35,8 @@ from ..registry import build_vae
 from .data import BucketedStream, ClipStream
 from .ema import EMA
 from .guard import NonFiniteGuard
-from .monitor import RunMonitor, flat_hparams
+from .loop import TrainLoop
+from .monitor import RunMonitor
 from .rundir import EMA as EMA_FILE
 from .rundir import RunDir
 from .samples import motion_panels, write_panels
@@ -49,7 +50,7 @@ HISTORY = 10_000  # steps of per-step losses kept in memory (the log file has th
 
 
 # --- the trainer -----------------------------------------------------------------------------------------------
-class VAETrainer:
+class VAETrainer(TrainLoop):
     """Builds everything a run needs from a :class:`VAETrainConfig`, resumes if it can, and trains.
 
     Args:
@@ -168,19 +169,6 @@ class VAETrainer:
 
         return objective
 
-    def _any_rank(self, bad: bool) -> bool:
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return bad
-        flag = torch.tensor([1.0 if bad else 0.0], device=self.device)
-        return bool(acc.reduce(flag, reduction="sum").item() > 0)
-
-    def _warn(self, msg: str) -> None:
-        if self.monitor is not None:
-            self.monitor.warning(msg)
-        elif self.accelerator.is_main_process:
-            print(msg, flush=True)
-
     # --- freezing -------------------------------------------------------------------------------------------
     def frozen_groups(self, step: int) -> set[str]:
         """Parameter groups not trained at ``step`` (phase freeze lists; the motion stage trains 'motion' only)."""
@@ -273,21 +261,9 @@ class VAETrainer:
         else:
             self.model_ddp, self.opt_g = acc.prepare(self.model, self.opt_g)
         self.ema = EMA(acc.unwrap_model(self.model_ddp), t.ema_decay)
-        rng = None
-        if ckpt is not None:
-            state, rng = self.run.load_checkpoint(ckpt)
-            self.load_state_dict(state)
-            self._last_good = ckpt.name
-        if t.tracker != "none":
-            acc.init_trackers("tensorboard", config=flat_hparams(to_dict(cfg)))
-        self.monitor = RunMonitor(self.run.log_path, t.max_steps, self.step, is_main=acc.is_main_process,
-                                  accelerator=acc if t.tracker != "none" else None,
-                                  show_bar=t.progress_bar, name=f"train {cfg.model.name}")
+        rng = self._open_run(ckpt, changed)
         m = self.monitor
-        if ckpt is not None:
-            m.info(f"resuming from {ckpt} at step {self.step}" + (f"; config changed: {', '.join(changed)}"
-                                                                   if changed else ""))
-        else:
+        if ckpt is None:
             m.info(f"new run in {self.run.root}: {cfg.model.name}, stage {t.stage}, {acc.num_processes} process(es) "
                    f"on {acc.device}, {sum(p.numel() for p in self.model.parameters()):,} parameters")
         for i, d in enumerate(self.datasets):
@@ -316,19 +292,6 @@ class VAETrainer:
                                   f"missing {missing[:5]}, unexpected {unexpected[:5]}")
 
     # --- the loop -------------------------------------------------------------------------------------------
-    def fit(self) -> dict:
-        """Train to ``train.max_steps`` (resuming if possible); returns a summary."""
-        self.setup()
-        t = self.cfg.train
-        try:
-            while self.step < t.max_steps:
-                self.train_step()
-        finally:
-            self.monitor.close()
-            if t.tracker != "none":
-                self.accelerator.end_training()
-        return {"step": self.step, "run_dir": str(self.run.root), "skipped": self.guard.total}
-
     def train_step(self) -> bool:
         """One step (taken or skipped); True if taken."""
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
@@ -469,9 +432,6 @@ class VAETrainer:
         path = self.run.samples_dir / f"step-{step:06d}.{self.cfg.train.sample_format}"
         write_panels(path, rows, fps=self.cfg.train.sample_fps)
         return path
-
-
-_flat_hparams = flat_hparams  # the name diffusion/training.py imports
 
 
 def train(cfg: VAETrainConfig, datasets: Sequence[Dataset] | None = None, accelerator: Any = None) -> dict:

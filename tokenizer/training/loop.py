@@ -1,0 +1,116 @@
+"""What every trainer of the toolkit shares: the fit loop, cross-rank flags, warnings, and the command line.
+
+``VAETrainer`` (tokenizer/training/vae_trainer.py) and ``LatteTrainer`` (diffusion/training.py) subclass
+:class:`TrainLoop`; ``tokenizer/train_vae.py`` and ``diffusion/train_latte.py`` are thin calls of
+:func:`train_main`. A subclass provides ``setup()`` (fresh start or resume), ``train_step()`` and these attributes:
+``cfg.model.name``, ``cfg.train`` (``max_steps``, ``tracker``, ``progress_bar``), ``accelerator``, ``device``,
+``step``, ``run`` (its ``RunDir``), ``guard`` (its ``NonFiniteGuard``) and ``load_state_dict``; ``monitor`` is
+set by :meth:`TrainLoop._open_run`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from tokenizer.config import ConfigError, load_config, print_config, to_dict
+
+from .monitor import RunMonitor, flat_hparams
+
+
+class TrainLoop:
+    """The loop and the small cross-process helpers of a trainer (see the module docstring for the contract)."""
+
+    def fit(self) -> dict:
+        """Train to ``train.max_steps`` (resuming if possible); returns a summary."""
+        self.setup()
+        t = self.cfg.train
+        try:
+            while self.step < t.max_steps:
+                self.train_step()
+        finally:
+            self.monitor.close()
+            if t.tracker != "none":
+                self.accelerator.end_training()
+        return {"step": self.step, "run_dir": str(self.run.root), "skipped": self.guard.total}
+
+    def _open_run(self, ckpt: Path | None, changed: Sequence[str]) -> dict | None:
+        """Load the checkpoint ``ckpt`` (None: a fresh run), start the trackers and the monitor, say which it is;
+        returns this process's saved RNG states (None on a fresh run) for the subclass to restore last."""
+        cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
+        rng = None
+        if ckpt is not None:
+            state, rng = self.run.load_checkpoint(ckpt)
+            self.load_state_dict(state)
+            self._last_good = ckpt.name
+        if t.tracker != "none":
+            acc.init_trackers("tensorboard", config=flat_hparams(to_dict(cfg)))
+        self.monitor = RunMonitor(self.run.log_path, t.max_steps, self.step, is_main=acc.is_main_process,
+                                  accelerator=acc if t.tracker != "none" else None, show_bar=t.progress_bar,
+                                  name=f"train {cfg.model.name}")
+        if ckpt is not None:
+            self.monitor.info(f"resuming from {ckpt} at step {self.step}"
+                              + (f"; config changed: {', '.join(changed)}" if changed else ""))
+        return rng
+
+    def _any_rank(self, bad: bool) -> bool:
+        """True on every rank when ``bad`` holds on any rank (a skipped step must be skipped everywhere)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return bad
+        flag = torch.tensor([1.0 if bad else 0.0], device=self.device)
+        return bool(acc.reduce(flag, reduction="sum").item() > 0)
+
+    def _warn(self, msg: str) -> None:
+        if self.monitor is not None:
+            self.monitor.warning(msg)
+        elif self.accelerator.is_main_process:
+            print(msg, flush=True)
+
+
+def train_main(argv: Sequence[str] | None, *, doc: str, config_help: str, schema: type,
+               validate: Callable[[Any], None], make_trainer: Callable[[Any], TrainLoop],
+               describe: Callable[[Any, TrainLoop], str], errors: tuple[type[BaseException], ...] = ()) -> int:
+    """The command line of a training script: ``--config FILE [--dry-run] [key=value ...]``.
+
+    Exit codes: 0 done (or dry run), 2 bad config or inputs (``ConfigError``, ``ValueError``,
+    ``FileNotFoundError`` and ``errors`` raised while building the trainer, printed in one line), 3 the run stopped
+    on repeated non-finite losses. ``describe(cfg, trainer)`` is printed by the main process after the resolved
+    config, before any step.
+    """
+    from tokenizer.training.guard import NonFiniteLossError
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help=config_help)
+    p.add_argument("--dry-run", action="store_true", help="validate the config, build the model and the data, "
+                                                          "print them and exit")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100 optim.lr=1e-4")
+    args = p.parse_intermixed_args(argv)  # options and key=value overrides in any order
+    try:
+        cfg = load_config(schema, args.config, args.overrides)
+        validate(cfg)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    try:
+        trainer = make_trainer(cfg)
+    except (ValueError, FileNotFoundError, *errors) as err:  # ConfigError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    main_process = trainer.accelerator.is_main_process
+    if main_process:
+        print_config(cfg, file=sys.stdout)
+        print(describe(cfg, trainer), flush=True)
+    if args.dry_run:
+        return 0
+    try:
+        summary = trainer.fit()
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    if main_process:
+        print(f"done: step {summary['step']} in {summary['run_dir']} ({summary['skipped']} steps skipped)")
+    return 0
