@@ -147,7 +147,8 @@ def _phase_overrides(key: str, budget: Budget) -> list[str]:
 
 
 def write_picture_grid(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
-    """One PNG: per VAE a row of real frames, its reconstruction of them, and frames of a generated video."""
+    """One PNG: per VAE a row of real frames, its reconstruction of them, and frames of a generated video. The
+    real clip is the VAE's median-PSNR clip among the ones it trained on (not the best, not the worst)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,18 +161,27 @@ def write_picture_grid(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
     for key in vaes:
         v = DEMO_VAES[key]
         cfg = load_data_config(ROOT / "configs/data/samples_tiny.yaml",
-                               [f"num_frames={v.frames}", f"resolution={budget.resolution}", "clips_per_video=1"])
-        clip = build_dataset(cfg)[1]["video"]  # (3, T, H, W), the second sample video
-        vae = load_vae(out / f"vae-{key}")
+                               [f"num_frames={v.frames}", f"resolution={budget.resolution}",
+                                f"clips_per_video={budget.clips_per_video}", "offset=start"])
+        dataset = build_dataset(cfg)
+        vae = load_vae(out / f"vae-{key}").eval()
+        scored = []
         with torch.no_grad():
-            recon = vae.decode(vae.encode(clip[None]).mode())[0].clamp(-1, 1)
+            for i in range(len(dataset)):
+                clip = dataset[i]["video"]  # (3, T, H, W)
+                recon = vae.decode(vae.encode(clip[None]).mode())[0].clamp(-1, 1)
+                psnr = 10 * np.log10(4.0 / max(((clip - recon) ** 2).mean().item(), 1e-12))  # [-1, 1]: range 2
+                scored.append((psnr, i, clip, recon))
+        scored.sort(key=lambda s: s[0])
+        psnr, _, clip, recon = scored[len(scored) // 2]
         videos = sorted((out / f"samples-{key}").rglob("*.mp4"))
         fake = read_video_frames(videos[0], list(range(v.frames))) if videos else None
-        rows.append((key, video_to_uint8(clip), video_to_uint8(recon), fake))
+        rows.append((key, f"{psnr:.1f} dB", video_to_uint8(clip), video_to_uint8(recon), fake))
     n = 4
     fig, axes = plt.subplots(3 * len(rows), n, figsize=(1.6 * n, 1.7 * 3 * len(rows)), squeeze=False)
-    for r, (key, real, rec, fake) in enumerate(rows):
-        for j, (label, frames) in enumerate((("real", real), (f"{key} recon", rec), (f"{key} generated", fake))):
+    for r, (key, psnr, real, rec, fake) in enumerate(rows):
+        for j, (label, frames) in enumerate((("real (median-PSNR clip)", real), (f"{key} recon, {psnr}", rec),
+                                             (f"{key} generated", fake))):
             for i in range(n):
                 ax = axes[3 * r + j, i]
                 ax.axis("off")
