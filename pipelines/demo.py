@@ -21,6 +21,7 @@ run reuses what the first made and finishes in seconds.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -85,6 +86,26 @@ def _run(title: str, args: Sequence[str], log_dir: Path) -> None:
     print(f"=== {title}: done in {time.perf_counter() - start:.1f}s", flush=True)
 
 
+def _latest_is(run: Path, step: int) -> bool:
+    latest = run / "latest"
+    return latest.is_file() and latest.read_text().strip() == f"step-{step:06d}"
+
+
+def _stages_done(out: Path, key: str, budget: Budget) -> bool:
+    """Whether a previous demo finished every stage of this VAE with this budget, so its commands need not start
+    again (each would only find its work done). Anything missing or different: all of them run, and each resumes
+    or redoes what it must by its own checks."""
+    try:
+        cache = json.loads((out / f"cache-{key}" / "manifest.json").read_text())
+        fvd = (out / f"samples-{key}" / "fvd.json").is_file()
+        videos = len(list((out / f"samples-{key}" / "videos").glob("*.mp4")))
+    except (OSError, ValueError):
+        return False
+    return (_latest_is(out / f"vae-{key}", budget.vae_steps) and (out / f"recon-{key}" / "recon.json").is_file()
+            and cache.get("complete") is True and _latest_is(out / f"latte-{key}", budget.latte_steps) and fvd
+            and videos == budget.num_videos)
+
+
 def run_demo(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -98,6 +119,11 @@ def run_demo(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
         v = DEMO_VAES[key]
         vae_run, cache, latte_run = out / f"vae-{key}", out / f"cache-{key}", out / f"latte-{key}"
         recon, samples = out / f"recon-{key}", out / f"samples-{key}"
+        report_inputs += [str(recon), str(samples)]
+        if _stages_done(out, key, budget):
+            print(f"\n=== 2-6. {v.preset}: every stage finished by an earlier run with this budget; reusing it "
+                  f"(another --out starts afresh)", flush=True)
+            continue
         _run(f"2. train {v.preset}", [*py, "tokenizer.train_vae", "--config", v.train_config,
                                       f"model.name={v.preset}", f"train.run_dir={vae_run}",
                                       f"train.max_steps={budget.vae_steps}",
@@ -113,7 +139,6 @@ def run_demo(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
                   "--lpips-random-backbone", "--fvd-detector", "random", "--fvd-resolution", "64",
                   "--num-clips", str(budget.eval_clips), "--out", str(recon),
                   f"clips_per_video={budget.clips_per_video}", "offset=start"], out)
-        report_inputs.append(str(recon))
         _run(f"4. cache {v.preset} latents", [*py, "tokenizer.cache", "--vae", v.preset, "--ckpt", str(vae_run),
                                               "--data", "configs/data/samples_tiny.yaml", "--out", str(cache),
                                               f"num_frames={v.frames}", *data_overrides], out)
@@ -130,7 +155,6 @@ def run_demo(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
               "--fvd-set", f"num_real={budget.num_videos}", "--fvd-set", f"num_fake={budget.num_videos}",
               "--fvd-set", "num_frames=8", "--fvd-set", "resolution=64",
               "--fvd-stats-dir", str(out / "fvd-stats")], out)
-        report_inputs.append(str(samples))
     _run("7. the VAE-choice report", [*py, "pipelines.report", *report_inputs, "--out", str(out / "report"),
                                       "--title", "Demo (sample videos, tiny models; NOT comparable to papers)"], out)
     grid = write_picture_grid(out, vaes, budget)
