@@ -28,9 +28,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tokenizer.cache import LatentCacheDataset
-from tokenizer.config import ConfigError, to_dict
+from tokenizer.config import ConfigError
 from tokenizer.io import state_dict_fingerprint
-from tokenizer.training import (EMA, ClipStream, NonFiniteGuard, RunDir, RunMonitor, capture_rng, derive_seed,
+from tokenizer.training import (EMA, ClipStream, NonFiniteGuard, RunDir, RunMonitor, derive_seed,
                                 restore_rng, seed_everything)
 from tokenizer.training.loop import TrainLoop
 
@@ -191,20 +191,14 @@ class LatteTrainer(TrainLoop):
                               f"({prints[0][:16]}...)")
         state = self.state_dict() if acc.is_main_process or self.sharded else {}  # collective when sharded
         weights = {EMA_FILE: (state["ema"], self.record)} if acc.is_main_process else None
-        folder = self.run.save_checkpoint(self.step, state if acc.is_main_process else {}, rng=capture_rng(),
-                                          weights=weights)
-        self._last_good = folder.name
-        self.monitor.info(f"step {self.step}: checkpoint {folder}")
-        return folder
+        return self._write_checkpoint(state if acc.is_main_process else {}, weights)
 
     # --- setup: fresh start or resume ---------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
-        self.run = RunDir.for_accelerator(t.run_dir, acc, keep_last=t.keep_last)
-        changed = self.run.write_config(to_dict(cfg))
+        ckpt, changed = self._run_folder()
         if acc.is_main_process:
             write_run_files(self.run.root, self.record, self.spec.manifest)
-        ckpt = self.run.latest()
         if ckpt is None and cfg.model.init_from:
             state = load_init_state(cfg.model.init_from)
             problems = state_dict_misfit(self.model, state)

@@ -91,7 +91,7 @@ def _latest_is(run: Path, step: int) -> bool:
     return latest.is_file() and latest.read_text().strip() == f"step-{step:06d}"
 
 
-def _stages_done(out: Path, key: str, budget: Budget) -> bool:
+def stages_done(out: Path, key: str, budget: Budget) -> bool:
     """Whether a previous demo finished every stage of this VAE with this budget, so its commands need not start
     again (each would only find its work done). Anything missing or different: all of them run, and each resumes
     or redoes what it must by its own checks."""
@@ -120,7 +120,7 @@ def run_demo(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
         vae_run, cache, latte_run = out / f"vae-{key}", out / f"cache-{key}", out / f"latte-{key}"
         recon, samples = out / f"recon-{key}", out / f"samples-{key}"
         report_inputs += [str(recon), str(samples)]
-        if _stages_done(out, key, budget):
+        if stages_done(out, key, budget):
             print(f"\n=== 2-6. {v.preset}: every stage finished by an earlier run with this budget; reusing it "
                   f"(another --out starts afresh)", flush=True)
             continue

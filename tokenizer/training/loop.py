@@ -3,9 +3,9 @@
 ``VAETrainer`` (tokenizer/training/vae_trainer.py) and ``LatteTrainer`` (diffusion/training.py) subclass
 :class:`TrainLoop`; ``tokenizer/train_vae.py`` and ``diffusion/train_latte.py`` are thin calls of
 :func:`train_main`. A subclass provides ``setup()`` (fresh start or resume), ``train_step()`` and these attributes:
-``cfg.model.name``, ``cfg.train`` (``max_steps``, ``tracker``, ``progress_bar``), ``accelerator``, ``device``,
-``step``, ``run`` (its ``RunDir``), ``guard`` (its ``NonFiniteGuard``) and ``load_state_dict``; ``monitor`` is
-set by :meth:`TrainLoop._open_run`.
+``cfg.model.name``, ``cfg.train`` (``run_dir``, ``keep_last``, ``max_steps``, ``tracker``, ``progress_bar``),
+``accelerator``, ``device``, ``step``, ``guard`` (its ``NonFiniteGuard``) and ``load_state_dict``; ``run`` is set
+by :meth:`TrainLoop._run_folder` and ``monitor`` by :meth:`TrainLoop._open_run`.
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ import torch
 from tokenizer.config import ConfigError, load_config, print_config, to_dict
 
 from .monitor import RunMonitor, flat_hparams
+from .rundir import RunDir
+from .state import capture_rng
 
 
 class TrainLoop:
@@ -36,6 +38,14 @@ class TrainLoop:
             if t.tracker != "none":
                 self.accelerator.end_training()
         return {"step": self.step, "run_dir": str(self.run.root), "skipped": self.guard.total}
+
+    def _run_folder(self) -> tuple[Path | None, list[str]]:
+        """Open ``train.run_dir`` (a ``RunDir`` as ``self.run``) and write the resolved config there; returns the
+        latest checkpoint folder (None: a fresh run) and the config keys changed since the last launch."""
+        t = self.cfg.train
+        self.run = RunDir.for_accelerator(t.run_dir, self.accelerator, keep_last=t.keep_last)
+        changed = self.run.write_config(to_dict(self.cfg))
+        return self.run.latest(), changed
 
     def _open_run(self, ckpt: Path | None, changed: Sequence[str]) -> dict | None:
         """Load the checkpoint ``ckpt`` (None: a fresh run), start the trackers and the monitor, say which it is;
@@ -55,6 +65,14 @@ class TrainLoop:
             self.monitor.info(f"resuming from {ckpt} at step {self.step}"
                               + (f"; config changed: {', '.join(changed)}" if changed else ""))
         return rng
+
+    def _write_checkpoint(self, state: dict, weights: dict | None) -> Path:
+        """Save ``state`` (the main process's full training state; {} elsewhere) with every process's RNG states
+        and the ``weights`` files as checkpoint ``step-<step>``; it becomes the last good one."""
+        folder = self.run.save_checkpoint(self.step, state, rng=capture_rng(), weights=weights)
+        self._last_good = folder.name
+        self.monitor.info(f"step {self.step}: checkpoint {folder}")
+        return folder
 
     def _any_rank(self, bad: bool) -> bool:
         """True on every rank when ``bad`` holds on any rank (a skipped step must be skipped everywhere)."""

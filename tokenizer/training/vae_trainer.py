@@ -40,7 +40,7 @@ from .monitor import RunMonitor
 from .rundir import EMA as EMA_FILE
 from .rundir import RunDir
 from .samples import motion_panels, write_panels
-from .state import capture_rng, derive_seed, restore_rng, seed_everything
+from .state import derive_seed, restore_rng, seed_everything
 from .vae_config import VAETrainConfig, active_phase, validate
 from .vae_parts import (CachedItems, bucket_data_configs, find_last_layer, load_init_weights, parameter_groups,
                         video_of)
@@ -234,18 +234,12 @@ class VAETrainer(TrainLoop):
         weights = None
         if acc.is_main_process:
             weights = {EMA_FILE: (self.ema.state_dict(), self.model_record())}
-        folder = self.run.save_checkpoint(self.step, self.state_dict() if acc.is_main_process else {},
-                                          rng=capture_rng(), weights=weights)
-        self._last_good = folder.name
-        self.monitor.info(f"step {self.step}: checkpoint {folder}")
-        return folder
+        return self._write_checkpoint(self.state_dict() if acc.is_main_process else {}, weights)
 
     # --- setup: fresh start or resume ------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
-        self.run = RunDir.for_accelerator(t.run_dir, acc, keep_last=t.keep_last)
-        changed = self.run.write_config(to_dict(cfg))
-        ckpt = self.run.latest()
+        ckpt, changed = self._run_folder()
         if ckpt is None:
             self._fresh_start()
         # wrap for the launch (DDP on several processes); EMA and state loading use the unwrapped modules
