@@ -16,3 +16,22 @@ def assert_same(a, b, path=""):
             assert_same(x, y, f"{path}[{i}]")
     else:
         assert a == b, path
+
+
+class Poisoned(torch.utils.data.Dataset):
+    """Items of ``dataset`` (dicts of tensors) with one NaN in ``item[key]`` on the chosen reads (counted from 1
+    across all indices): corrupt data, the way a NaN enters a real run."""
+
+    def __init__(self, dataset, bad_reads, key):
+        self.dataset, self.bad, self.key, self.reads = dataset, set(bad_reads), key, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        item = dict(self.dataset[i])
+        if self.reads in self.bad:
+            item[self.key] = item[self.key].clone()
+            item[self.key].view(-1)[item[self.key].numel() // 2] = float("nan")
+        return item

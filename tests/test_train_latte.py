@@ -19,7 +19,7 @@ from diffusion.latte_run import load_latte_run
 from diffusion.train_config import LatteTrainConfig
 from diffusion.training import LatteTrainer
 
-from tests.helpers import assert_same
+from tests.helpers import Poisoned, assert_same
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "diffusion", "latte_tiny.yaml")
@@ -243,28 +243,10 @@ def test_unconditional_bf16_run(tmp_path, cache):
 
 
 # --- faults -------------------------------------------------------------------------------------------------------
-class _Poisoned(torch.utils.data.Dataset):
-    """Cached latents with NaNs on chosen reads (corrupt data: the way a NaN enters a real run)."""
-
-    def __init__(self, ds, bad_reads):
-        self.ds, self.bad, self.reads = ds, set(bad_reads), 0
-
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, i):
-        self.reads += 1
-        item = dict(self.ds[i])
-        if self.reads in self.bad:
-            item["latent"] = item["latent"].clone()
-            item["latent"][0, 0, 1, 1] = float("nan")
-        return item
-
-
 def test_nonfinite_loss_skips_the_step_and_stops_after_k(tmp_path, cache):
     from tokenizer.training.guard import NonFiniteLossError
 
-    ds = _Poisoned(LatentCacheDataset(cache[0]), bad_reads={2, 5, 6, 7})  # batch 1: one read per step
+    ds = Poisoned(LatentCacheDataset(cache[0]), bad_reads={2, 5, 6, 7}, key="latent")  # batch 1: one read per step
     tr = trainer(cache, tmp_path / "run", "train.max_steps=20", "train.checkpoint_every=2", "train.batch_size=1",
                  "train.max_nonfinite=3", dataset=ds)
     tr.setup()

@@ -15,7 +15,7 @@ from tokenizer.training.rundir import RunDir
 from tokenizer.training.vae_config import VAETrainConfig
 from tokenizer.training.vae_trainer import VAETrainer
 
-from tests.helpers import assert_same
+from tests.helpers import Poisoned, assert_same
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.filterwarnings("ignore:LPIPS with a RANDOM")
@@ -162,28 +162,11 @@ def test_sigkill_then_rerun_resumes_exactly(tmp_path):
 
 
 # --- faults ---------------------------------------------------------------------------------------------------
-class _Poisoned(torch.utils.data.Dataset):
-    """Real clips, with NaN pixels on chosen reads (corrupt data, the way a NaN enters a real run)."""
-
-    def __init__(self, clips, bad_reads):
-        self.clips, self.bad, self.reads = clips, set(bad_reads), 0
-
-    def __len__(self):
-        return len(self.clips)
-
-    def __getitem__(self, i):
-        self.reads += 1
-        v = self.clips[i].clone()
-        if self.reads in self.bad:
-            v[:, 1, 3, 3] = float("nan")
-        return {"video": v}
-
-
 def test_nonfinite_loss_skips_the_step_and_stops_after_k(tmp_path, real_clips):
     from tokenizer.training.guard import NonFiniteLossError
 
     # read 1 is the sample clip; steps read once each: reads 3 and 6, 7, 8 are poisoned
-    ds = _Poisoned(real_clips, bad_reads={3, 6, 7, 8})
+    ds = Poisoned(_Clips(real_clips), bad_reads={3, 6, 7, 8}, key="video")
     tr = trainer(tmp_path / "run", "train.max_steps=20", "train.checkpoint_every=2", "train.batch_size=1",
                  "train.max_nonfinite=3", "train.num_samples=1", "loss.gan_start=1", "train.cache_items=false",
                  datasets=[ds])

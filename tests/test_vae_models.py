@@ -143,3 +143,17 @@ def test_gradient_checkpointing_gives_the_same_gradients(real_clip):
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+
+
+def test_a_vae_without_decode_cannot_be_built():
+    """encode and decode are the contract's abstract methods: leaving one out fails at construction, not later."""
+    from tokenizer.base import VideoVAE
+
+    class EncodeOnly(VideoVAE):
+        latent_channels, compression = 4, (4, 8, 8)
+
+        def encode(self, video):
+            return None
+
+    with pytest.raises(TypeError, match="abstract method.*decode"):
+        EncodeOnly(config=None)

@@ -10,6 +10,7 @@ Frame rules:
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,8 +31,9 @@ class FrameCountError(ValueError):
     """A clip whose number of frames the VAE cannot take."""
 
 
-class VideoVAE(nn.Module):
-    """Base class: b c t h w video in [-1, 1] <-> latent b c' t' h' w'."""
+class VideoVAE(nn.Module, abc.ABC):
+    """Base class: b c t h w video in [-1, 1] <-> latent b c' t' h' w'. A subclass without ``encode`` or
+    ``decode`` cannot be instantiated (abstract methods)."""
 
     config_class: ClassVar[type]
     frame_rule: str = "causal"  # or "in_sequence"
@@ -45,11 +47,13 @@ class VideoVAE(nn.Module):
     latent_channels: int
     compression: tuple[int, int, int]
 
+    @abc.abstractmethod
     def encode(self, video: torch.Tensor) -> DiagonalGaussian:
-        raise NotImplementedError  # abstract: every registered VAE overrides it
+        """video (b c t h w) in [-1, 1] -> posterior over the latent (b c' t' h' w')."""
 
+    @abc.abstractmethod
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError  # abstract: every registered VAE overrides it
+        """latent (b c' t' h' w') -> video (b c t h w)."""
 
     # --- latent normalisation for diffusion ------------------------------------------------------------------
     @property
