@@ -14,11 +14,14 @@ from omegaconf import MISSING
 
 from tokenizer.config import ConfigError, check_at_least, check_choices
 
+from .gaussian_diffusion import BETA_SCHEDULES
+from .latte import LATTE_PRESETS
+from .samplers import SAMPLERS
+
 # fp16 is left out: its dynamic loss scaler must see overflowing steps, which the non-finite guard skips
 PRECISIONS = ("no", "bf16")
 TRACKERS = ("tensorboard", "none")
 SAMPLE_FORMATS = ("gif", "mp4")
-SAMPLERS = ("ddim", "ddpm")
 NORMALIZE = ("stats", "vae", "none")
 CONDITIONING = ("auto", "class", "none")
 
@@ -121,7 +124,9 @@ def validate(cfg: LatteTrainConfig) -> None:
     """Checks of single fields and field combinations; raises ConfigError naming the key."""
     t, s = cfg.train, cfg.sample
     check_choices(("train.mixed_precision", t.mixed_precision, PRECISIONS), ("train.tracker", t.tracker, TRACKERS),
-                  ("sample.format", s.format, SAMPLE_FORMATS), ("sample.sampler", s.sampler, SAMPLERS),
+                  ("sample.format", s.format, SAMPLE_FORMATS), ("sample.sampler", s.sampler, tuple(SAMPLERS)),
+                  ("model.name", cfg.model.name, tuple(LATTE_PRESETS)),
+                  ("diffusion.beta_schedule", cfg.diffusion.beta_schedule, BETA_SCHEDULES),
                   ("data.normalize", cfg.data.normalize, NORMALIZE),
                   ("data.conditioning", cfg.data.conditioning, CONDITIONING))
     check_at_least(t, ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "max_nonfinite",

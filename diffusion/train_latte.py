@@ -5,7 +5,8 @@
     python -m diffusion.train_latte --config configs/diffusion/latte_tiny.yaml data.cache_dir=... train.run_dir=...
 
 One CPU process, one GPU, several GPUs or several nodes: the launch decides (``accelerate launch --multi_gpu``,
-``--num_machines``, ``--config_file configs/diffusion/accelerate_fsdp.yaml``), the script does not change.
+``--config_file configs/diffusion/accelerate/multi_gpu.yaml`` or ``multi_node.yaml``), the script does not change;
+``train.fsdp=true`` shards the model (FSDP2) instead of replicating it.
 Re-running the same command resumes from the run folder's ``latest`` checkpoint. Before any work the script checks
 the cache (complete, made by the VAE that ``vae.name`` / ``vae.ckpt`` name, latent shape as the model section pins
 it) and prints the resolved config; ``--dry-run`` stops there.
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     return train_main(argv, doc=__doc__, config_help="configs/diffusion/*.yaml", schema=LatteTrainConfig,
                       validate=validate, make_trainer=make_trainer, describe=describe,
-                      errors=(CacheError, KeyError))  # cache / VAE mismatches
+                      errors=(CacheError,))  # cache / VAE mismatches
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ from tokenizer.training import (EMA, ClipStream, NonFiniteGuard, RunDir, RunMoni
                                 restore_rng, seed_everything)
 from tokenizer.training.loop import TrainLoop
 
-from .latte_run import (EMA_FILE, CacheSpec, LatteRun, build_from_record, cache_vae, load_config_vae,  # noqa: F401
-                        load_init_state, load_latte_run, open_cache, run_record, write_run_files)
+from .latte_run import (EMA_FILE, CacheSpec, build_from_record, cache_vae, load_config_vae, load_init_state,
+                        open_cache, run_record, write_run_files)
 from .parallel import (full_model_state, full_optimizer_state, gradient_sync, load_full_model_state,
                        load_full_optimizer_state, shard_latte, total_norm)
 from .train_config import LatteTrainConfig, clip_active, validate
@@ -196,9 +196,7 @@ class LatteTrainer(TrainLoop):
     # --- setup: fresh start or resume ---------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
-        ckpt, changed = self._run_folder()
-        if acc.is_main_process:
-            write_run_files(self.run.root, self.record, self.spec.manifest)
+        ckpt = self._run_folder()
         if ckpt is None and cfg.model.init_from:
             state = load_init_state(cfg.model.init_from)
             problems = state_dict_misfit(self.model, state)
@@ -207,7 +205,9 @@ class LatteTrainer(TrainLoop):
                                   f"{self.record['config']}: {'; '.join(problems)}")
             self.model.load_state_dict(state, strict=True)
         self._wrap()
-        rng = self._open_run(ckpt, changed)
+        rng = self._open_run(ckpt)
+        if acc.is_main_process:  # only once the folder is accepted: a refused resume leaves its record alone
+            write_run_files(self.run.root, self.record, self.spec.manifest)
         m = self.monitor
         if ckpt is None:
             layout = ("sharded (FSDP2)" if self.sharded else "replicated (DDP)" if acc.num_processes > 1
@@ -333,7 +333,7 @@ class LatteTrainer(TrainLoop):
         y = None
         if self.spec.num_classes > 0:
             y = torch.tensor([i % self.spec.num_classes for i in range(num)], device=self.device)
-        fn = {"ddim": samplers.ddim_sample, "ddpm": samplers.ddpm_sample}[sampler or s.sampler]
+        fn = samplers.SAMPLERS[sampler or s.sampler]
         was_training = model.training
         model.eval()
         z = fn(model, shape, self.diffusion, steps=steps or s.steps, noise=noise, generator=gens, y=y,

@@ -179,8 +179,11 @@ def test_pretrain_cli_writes_a_checkpoint_deco_loads(tmp_path, bikes):
         build_vae("deco-tiny", motion_ckpt=str(out), motion_channels=[8, 16, 24])
     assert main(["pretrain", "--config", "configs/tokenizer/motion_pretrain_tiny.yaml", "train.stepz=1"]) == 2
     # the trainer's motion stage objective works on the VAE and reaches only the motion module
-    loss, logs = motion_pretrain_loss(vae, bikes[None, :, :3, :, :32])
+    cfg = MotionLossConfig()
+    loss, logs = motion_pretrain_loss(vae, bikes[None, :, :3, :, :32], cfg)
     loss.backward()
-    assert "motion/photometric" in logs
+    assert loss.item() == pytest.approx(
+        (logs["motion/photometric"] + cfg.smooth_weight * logs["motion/smooth"]
+         + cfg.scale_smooth_weight * logs["motion/scale_smooth"]).item(), rel=1e-5)
+    assert logs["motion/smooth"] > 0  # the smoothness term is in the objective, not only in the config
     assert all(p.grad is None for n, p in vae.named_parameters() if not n.startswith("motion."))
-    assert MotionLossConfig().smooth_weight > 0

@@ -87,6 +87,21 @@ def test_resume_equals_uninterrupted_run(tmp_path, cache, uninterrupted):
     assert_same(full_state(second), full_state(uninterrupted))
 
 
+def test_a_refused_resume_exits_2_and_leaves_the_run_folder_alone(tmp_path, cache, capsys):
+    """Another model pointed at an existing run: `error: ...` and exit code 2, no traceback, and the run's
+    config, record and checkpoints are the first run's, byte for byte."""
+    from diffusion.train_latte import main
+
+    run = tmp_path / "run"
+    base = ["--config", TINY, f"data.cache_dir={cache[0]}", f"train.run_dir={run}", "train.tracker=none",
+            "train.progress_bar=false", "train.max_steps=1"]
+    assert main(base) == 0
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(base + ["train.max_steps=2", "data.conditioning=none"]) == 2
+    assert "use another train.run_dir" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+
+
 def test_sigkill_then_rerun_resumes_exactly(tmp_path, cache, uninterrupted):
     """kill -9 the script (run as a file) after its first checkpoint; the same command resumes exactly."""
     run = tmp_path / "run"

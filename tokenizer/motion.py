@@ -411,10 +411,10 @@ def motion_pretrain_loss(model: nn.Module, video: torch.Tensor,
     """The motion stage's objective for a model with a ``motion`` module (DeCo-VAE) or a :class:`MotionModule`:
     every (x_t, x_0) pair of the clips ``video`` (b 3 t h w) -> (loss, {name: detached term})."""
     module = motion_module_of(model)
-    x_t, x_0 = clip_pairs(video)
+    x_t, x_0 = clip_pairs(video)  # ((b t-1) c h w) each
     motion, pred = module(x_t, x_0)
     terms = motion_loss(motion, pred, x_t, cfg or MotionLossConfig())
-    return terms["loss"], {f"motion/{k}": v for k, v in terms.items() if k != "loss"}
+    return terms["loss"], {f"motion/{k}": v.detach() for k, v in terms.items() if k != "loss"}
 
 
 def pretrain_motion(model: nn.Module, clips: Iterable[torch.Tensor], steps: int, lr: float = 2e-4,
@@ -434,18 +434,16 @@ def pretrain_motion(model: nn.Module, clips: Iterable[torch.Tensor], steps: int,
     module.train()
     history, stream, t0 = [], _cycle(clips), time.time()
     for step in range(1, steps + 1):
-        x_t, x_0 = clip_pairs(next(stream))
-        motion, pred = module(x_t, x_0)
-        terms = motion_loss(motion, pred, x_t, loss_cfg)
+        loss, terms = motion_pretrain_loss(module, next(stream), loss_cfg)
         opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        loss.backward()
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(module.estimator.parameters(), grad_clip)
         opt.step()
-        history.append(float(terms["loss"].detach()))
+        history.append(float(loss.detach()))
         if log_every and (step % log_every == 0 or step == steps):
-            log(f"step {step}/{steps} loss {history[-1]:.4f} photometric {float(terms['photometric']):.4f} "
-                f"smooth {float(terms['smooth']):.4f} ({time.time() - t0:.1f}s)")
+            log(f"step {step}/{steps} loss {history[-1]:.4f} photometric {float(terms['motion/photometric']):.4f} "
+                f"smooth {float(terms['motion/smooth']):.4f} ({time.time() - t0:.1f}s)")
     module.eval()
     return history
 

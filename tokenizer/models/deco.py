@@ -46,7 +46,7 @@ from ..base import VideoVAE
 from ..config import ConfigError
 from ..distributions import DiagonalGaussian
 from ..modules import FrameCache
-from ..motion import MOTION_KINDS, MotionConfig, MotionModule, flow_to_rgb  # noqa: F401 - flow_to_rgb re-exported
+from ..motion import MOTION_KINDS, MotionConfig, MotionModule
 from ..registry import register_vae
 from .backbone import PLAIN_SIZES, TINY_SIZES, BackboneConfig, Decoder3D, Encoder3D, frame_chunks
 

@@ -39,23 +39,24 @@ class TrainLoop:
                 self.accelerator.end_training()
         return {"step": self.step, "run_dir": str(self.run.root), "skipped": self.guard.total}
 
-    def _run_folder(self) -> tuple[Path | None, list[str]]:
-        """Open ``train.run_dir`` (a ``RunDir`` as ``self.run``) and write the resolved config there; returns the
-        latest checkpoint folder (None: a fresh run) and the config keys changed since the last launch."""
+    def _run_folder(self) -> Path | None:
+        """Open ``train.run_dir`` (a ``RunDir`` as ``self.run``); returns its latest checkpoint (None: a fresh run).
+        Nothing is written before :meth:`_open_run` has accepted the folder."""
         t = self.cfg.train
         self.run = RunDir.for_accelerator(t.run_dir, self.accelerator, keep_last=t.keep_last)
-        changed = self.run.write_config(to_dict(self.cfg))
-        return self.run.latest(), changed
+        return self.run.latest()
 
-    def _open_run(self, ckpt: Path | None, changed: Sequence[str]) -> dict | None:
-        """Load the checkpoint ``ckpt`` (None: a fresh run), start the trackers and the monitor, say which it is;
-        returns this process's saved RNG states (None on a fresh run) for the subclass to restore last."""
+    def _open_run(self, ckpt: Path | None) -> dict | None:
+        """Load the checkpoint ``ckpt`` (None: a fresh run; ``load_state_dict`` refuses another run's), then write
+        the resolved config, start the trackers and the monitor, and say which it is; returns this process's saved
+        RNG states (None on a fresh run) for the subclass to restore last."""
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
         rng = None
         if ckpt is not None:
             state, rng = self.run.load_checkpoint(ckpt)
             self.load_state_dict(state)
             self._last_good = ckpt.name
+        changed = self.run.write_config(to_dict(cfg))  # the keys that differ from the last launch's
         if t.tracker != "none":
             acc.init_trackers("tensorboard", config=flat_hparams(to_dict(cfg)))
         self.monitor = RunMonitor(self.run.log_path, t.max_steps, self.step, is_main=acc.is_main_process,
@@ -95,8 +96,8 @@ def train_main(argv: Sequence[str] | None, *, doc: str, config_help: str, schema
     """The command line of a training script: ``--config FILE [--dry-run] [key=value ...]``.
 
     Exit codes: 0 done (or dry run), 2 bad config or inputs (``ConfigError``, ``ValueError``,
-    ``FileNotFoundError`` and ``errors`` raised while building the trainer, printed in one line), 3 the run stopped
-    on repeated non-finite losses. ``describe(cfg, trainer)`` is printed by the main process after the resolved
+    ``FileNotFoundError`` and ``errors`` raised while building the trainer or opening its run folder, printed in
+    one line), 3 the run stopped on repeated non-finite losses. ``describe(cfg, trainer)`` is printed by the main process after the resolved
     config, before any step.
     """
     from tokenizer.training.guard import NonFiniteLossError
@@ -129,6 +130,9 @@ def train_main(argv: Sequence[str] | None, *, doc: str, config_help: str, schema
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except (ValueError, FileNotFoundError, *errors) as err:  # found while opening the run: another model, ...
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if main_process:
         print(f"done: step {summary['step']} in {summary['run_dir']} ({summary['skipped']} steps skipped)")
     return 0

@@ -155,19 +155,13 @@ class VAETrainer(TrainLoop):
                 raise FileNotFoundError(f"{key}={path}: not found (it is read at the start of a fresh run)")
 
     def _motion_objective(self):
-        """DeCo-VAE's motion pre-training: photometric warp + smoothness loss (``tokenizer.motion``) of the model's
-        motion module on every (x_t, x_0) pair of the batch, keyframe = first frame."""
-        from ..motion import clip_pairs, motion_loss
+        """DeCo-VAE's motion pre-training objective (``tokenizer.motion.motion_pretrain_loss``) with this config's
+        loss weights."""
+        from functools import partial
 
-        loss_cfg = self.cfg.motion_loss
+        from ..motion import motion_pretrain_loss
 
-        def objective(model: nn.Module, video: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            x_t, x_0 = clip_pairs(video)  # ((b t-1) c h w) each
-            motion, pred = model.motion(x_t, x_0)
-            terms = motion_loss(motion, pred, x_t, loss_cfg)
-            return terms["loss"], {k: v.detach() for k, v in terms.items()}
-
-        return objective
+        return partial(motion_pretrain_loss, cfg=self.cfg.motion_loss)
 
     # --- freezing -------------------------------------------------------------------------------------------
     def frozen_groups(self, step: int) -> set[str]:
@@ -239,7 +233,7 @@ class VAETrainer(TrainLoop):
     # --- setup: fresh start or resume ------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
-        ckpt, changed = self._run_folder()
+        ckpt = self._run_folder()
         if ckpt is None:
             self._fresh_start()
         # wrap for the launch (DDP on several processes); EMA and state loading use the unwrapped modules
@@ -255,7 +249,7 @@ class VAETrainer(TrainLoop):
         else:
             self.model_ddp, self.opt_g = acc.prepare(self.model, self.opt_g)
         self.ema = EMA(acc.unwrap_model(self.model_ddp), t.ema_decay)
-        rng = self._open_run(ckpt, changed)
+        rng = self._open_run(ckpt)
         m = self.monitor
         if ckpt is None:
             m.info(f"new run in {self.run.root}: {cfg.model.name}, stage {t.stage}, {acc.num_processes} process(es) "
@@ -300,6 +294,7 @@ class VAETrainer(TrainLoop):
         with acc.autocast():
             if t.stage == "motion":
                 g_loss, logs = self.motion_loss(acc.unwrap_model(self.model_ddp), x)
+                logs = {"loss": g_loss.detach(), **logs}
                 x_hat = None
             else:
                 x_hat, posterior = self.model_ddp(x)
