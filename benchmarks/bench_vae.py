@@ -156,6 +156,7 @@ def main() -> None:
     parser.add_argument("--chunk", nargs=2, type=int, metavar=("ENC", "DEC"), default=None,
                         help="the toolkit's VAEs encode ENC frames and decode DEC latent frames at a time (causal "
                              "cache, results equal to the whole clip); the peers are unchanged")
+    parser.add_argument("--json", default=None, help="also write the rows here (pipelines.report reads them)")
     parser.add_argument("--count-only", action="store_true", help="parameters and FLOPs only (meta device, fast)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -197,6 +198,10 @@ def main() -> None:
                                           if Path(__file__).is_relative_to(Path.cwd()) else __file__]
                                          + sys.argv[1:]) + "`\n")
     print(table(rows))
+    if args.json:
+        from tokenizer.io import write_json
+
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":

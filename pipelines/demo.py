@@ -14,9 +14,9 @@ For each tokenizer (tiny DeCo-VAE and tiny VC-VAE by default) it runs the toolki
    generated frames, gathered in ``<out>/report.md``.
 
 Nothing is downloaded: LPIPS runs on a randomly initialised trunk and FVD on a randomly initialised I3D, and every
-line that shows such a number says so (no weights can be fetched here; give real ones with ``--detector-path`` and
-``--lpips-weights`` on a machine that has them). Every step is one of the toolkit's resumable commands, so a second
-run reuses what the first made and finishes in seconds.
+line that shows such a number says so (no weights can be fetched here; on a machine that has them, run
+``pipelines.eval_recon`` and ``pipelines.sample --fvd`` on the demo's runs with ``--detector-path``). Every step is
+one of the toolkit's resumable commands; a second run with the same budget skips what the first finished.
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ QUICK = Budget(vae_steps=4, latte_steps=6, clips_per_video=2, num_videos=4, samp
                eval_clips=2)
 
 
-def _run(title: str, args: Sequence[str], log_dir: Path) -> None:
+def _run(title: str, args: Sequence[str]) -> None:
     """Run one toolkit command in a child process; its output streams through (progress bars included)."""
     print(f"\n=== {title}\n$ {' '.join(args)}", flush=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -113,7 +113,7 @@ def run_demo(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
     res = budget.resolution
     data_overrides = [f"resolution={res}", f"clips_per_video={budget.clips_per_video}", "offset=start"]
     _run("1. the sample videos", [*py, "tokenizer.data", "--config", "configs/data/samples_tiny.yaml",
-                                  f"resolution={res}", "num_frames=16", "clips_per_video=1"], out)
+                                  f"resolution={res}", "num_frames=16", "clips_per_video=1"])
     report_inputs: list[str] = []
     for key in vaes:
         v = DEMO_VAES[key]
@@ -131,22 +131,22 @@ def run_demo(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
                                       f"train.sample_every={budget.vae_steps}", "train.tracker=none",
                                       f"data.resolution={res}", f"data.num_frames={v.frames}",
                                       f"data.clips_per_video={budget.clips_per_video}", "data.offset=start",
-                                      *_phase_overrides(key, budget)], out)
+                                      *_phase_overrides(key, budget)])
         if not (recon / "recon.json").is_file():
             _run(f"3. reconstruction metrics of {v.preset}",
                  [*py, "pipelines.eval_recon", "--vae", v.preset, "--ckpt", str(vae_run), "--data",
                   "configs/data/samples_tiny.yaml", "--frames", str(v.frames), "--resolution", str(res),
                   "--lpips-random-backbone", "--fvd-detector", "random", "--fvd-resolution", "64",
                   "--num-clips", str(budget.eval_clips), "--out", str(recon),
-                  f"clips_per_video={budget.clips_per_video}", "offset=start"], out)
+                  f"clips_per_video={budget.clips_per_video}", "offset=start"])
         _run(f"4. cache {v.preset} latents", [*py, "tokenizer.cache", "--vae", v.preset, "--ckpt", str(vae_run),
                                               "--data", "configs/data/samples_tiny.yaml", "--out", str(cache),
-                                              f"num_frames={v.frames}", *data_overrides], out)
+                                              f"num_frames={v.frames}", *data_overrides])
         _run(f"5. train Latte on the {v.preset} latents",
              [*py, "diffusion.train_latte", "--config", "configs/diffusion/latte_tiny.yaml",
               f"data.cache_dir={cache}", f"train.run_dir={latte_run}", f"train.max_steps={budget.latte_steps}",
               f"train.checkpoint_every={max(budget.latte_steps // 2, 1)}", "train.tracker=none",
-              f"vae.name={v.preset}", f"vae.ckpt={vae_run}"], out)
+              f"vae.name={v.preset}", f"vae.ckpt={vae_run}"])
         _run(f"6. sample from Latte + {v.preset}, FVD (random-init I3D)",
              [*py, "pipelines.sample", "--vae", v.preset, "--ckpt", str(latte_run), "--vae-ckpt", str(vae_run),
               "--num-videos", str(budget.num_videos), "--sampler", "ddim", "--steps", str(budget.sample_steps),
@@ -154,9 +154,9 @@ def run_demo(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
               "--detector", "random", "--fvd-real", "configs/data/samples_tiny.yaml",
               "--fvd-set", f"num_real={budget.num_videos}", "--fvd-set", f"num_fake={budget.num_videos}",
               "--fvd-set", "num_frames=8", "--fvd-set", "resolution=64",
-              "--fvd-stats-dir", str(out / "fvd-stats")], out)
+              "--fvd-stats-dir", str(out / "fvd-stats")])
     _run("7. the VAE-choice report", [*py, "pipelines.report", *report_inputs, "--out", str(out / "report"),
-                                      "--title", "Demo (sample videos, tiny models; NOT comparable to papers)"], out)
+                                      "--title", "Demo (sample videos, tiny models; NOT comparable to papers)"])
     grid = write_picture_grid(out, vaes, budget)
     return write_summary(out, grid)
 
@@ -178,6 +178,7 @@ def write_picture_grid(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pipelines.metrics import psnr_frames
     from tokenizer import load_vae
     from tokenizer.data import build_dataset, load_data_config, read_video_frames, video_to_uint8
 
@@ -194,7 +195,7 @@ def write_picture_grid(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
             for i in range(len(dataset)):
                 clip = dataset[i]["video"]  # (3, T, H, W)
                 recon = vae.decode(vae.encode(clip[None]).mode())[0].clamp(-1, 1)
-                psnr = 10 * np.log10(4.0 / max(((clip - recon) ** 2).mean().item(), 1e-12))  # [-1, 1]: range 2
+                psnr = psnr_frames(clip[None], recon[None]).mean().item()  # as the report's PSNR column
                 scored.append((psnr, i, clip, recon))
         scored.sort(key=lambda s: s[0])
         psnr, _, clip, recon = scored[len(scored) // 2]

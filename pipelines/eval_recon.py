@@ -183,7 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from accelerate import PartialState
+
+    # one process, or the ranks of `accelerate launch` (clips split by rank); gloo on CPU needs cpu=True
+    state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
+    device = torch.device(args.device) if args.device else state.device
     rank, world = dist_info()
     labels = []
     lpips_model = None

@@ -605,7 +605,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         real = real_source(args.real, args.real_set)  # lists the videos: a wrong root or split stops here
         from accelerate import PartialState
 
-        state = PartialState()  # sets up torch.distributed when launched by `accelerate launch`
+        # sets up torch.distributed when launched by `accelerate launch` (gloo on CPU: it must be told cpu=True,
+        # else it reports one process while the launcher started several)
+        state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
         device = state.device if cfg.device == "auto" else torch.device(cfg.device)
         detector = build_detector(cfg.detector, cfg.detector_path, device)  # a missing weights file stops here
     except (ConfigError, FileNotFoundError, ValueError) as err:  # DatasetError is a ValueError
