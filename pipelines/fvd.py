@@ -88,7 +88,12 @@ class FVDProtocol:
         return (self.num_frames - 1) * self.real_stride + 1
 
     def with_overrides(self, **changes: Any) -> "FVDProtocol":
-        """A copy with some fields changed; the name records every change (``fvd16[real_stride=3]``)."""
+        """A copy with some fields changed; the name records every change (``fvd16[real_stride=3]``). An unknown
+        field is a ValueError naming the valid ones."""
+        valid = [f.name for f in dataclasses.fields(self) if f.name != "name"]
+        unknown = sorted(set(changes) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown FVD protocol field(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
         changes = {k: v for k, v in changes.items() if v is not None and getattr(self, k) != v}
         if not changes:
             return self

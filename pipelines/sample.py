@@ -483,10 +483,13 @@ def _fvd_args(args: argparse.Namespace, source: LatteSource, device: torch.devic
         key, sep, value = item.partition("=")
         if not sep:
             raise SampleError(f"--fvd-set expects KEY=VALUE, got {item!r}")
-        overrides[key] = int(value)
+        try:
+            overrides[key] = int(value)
+        except ValueError:
+            raise SampleError(f"--fvd-set {key}: expects a whole number, got {value!r}") from None
     try:
         protocol = get_protocol(args.fvd_protocol, **overrides)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise SampleError(f"--fvd-set: {err}") from None
     frames_needed = (protocol.num_frames - 1) * protocol.fake_stride + 1
     if source.num_frames < frames_needed:

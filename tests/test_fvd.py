@@ -184,6 +184,8 @@ def test_fvd_published_protocols():
     assert fvd.fvd128.num_frames == 128 and fvd.fvd128.num_real == 2048
     latte = fvd.load_config(fvd.FVDConfig, Path(__file__).parents[1] / "configs/eval/fvd16_latte.yaml")
     assert latte.resolved_protocol().real_stride == 3 and latte.resolved_protocol().name == "fvd16[real_stride=3]"
+    with pytest.raises(ValueError, match="unknown FVD protocol field.*num_framez; valid: num_real"):
+        get_protocol("fvd16", num_framez=8)
 
 
 def test_fvd_of_identical_sets_is_zero(ucf_tree, detector, tiny_protocol):

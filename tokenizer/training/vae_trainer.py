@@ -288,7 +288,6 @@ class VAETrainer(TrainLoop):
         _, batch = self.stream.next(self.step)
         x = video_of(batch).to(self.device, non_blocking=True)
         self._apply_phase(step)
-        running = self._running_stats()  # forward passes move BatchNorm statistics: a skipped step restores them
         self.model_ddp.train()
         losses: dict[str, torch.Tensor] = {}
         with acc.autocast():
@@ -338,9 +337,6 @@ class VAETrainer(TrainLoop):
         if self.opt_d is not None:
             self.opt_d.zero_grad(set_to_none=True)
         if not ok:
-            with torch.no_grad():
-                for buf, saved in running:
-                    buf.copy_(saved)
             return False
         self.step = step
         self.ema.update(acc.unwrap_model(self.model_ddp), step)
@@ -350,15 +346,6 @@ class VAETrainer(TrainLoop):
             del self.history[:-HISTORY]
         self._after_step(step, values, time.perf_counter() - t0)
         return True
-
-    def _running_stats(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(buffer, copy) of every BatchNorm running statistic of the model and the discriminator."""
-        out = []
-        for net in (self.model, self.disc):
-            for m in net.modules() if net is not None else ():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    out += [(b, b.detach().clone()) for b in m.buffers()]
-        return out
 
     def _sync_grads(self) -> None:
         """Average gradients over processes (the motion stage runs without a DDP wrapper)."""
