@@ -14,6 +14,7 @@ so that ``load_latte_run(run_dir)`` rebuilds the model and everything a sampler 
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,13 @@ from torch import nn
 from tokenizer.cache import CacheError, LatentNormalizer, read_manifest
 from tokenizer.cache.manifest import identity_digest
 from tokenizer.config import ConfigError, from_dict
-from tokenizer.io import load_torch_file, load_weights, write_json
+from tokenizer.io import load_state_dict_file, load_torch_file, load_weights, write_json
+from tokenizer.training.rundir import EMA as EMA_FILE
 
 from .train_config import LatteTrainConfig
 
 RUN_RECORD = "latte_run.json"
 MANIFEST_COPY = "cache_manifest.json"
-EMA_FILE = "ema.safetensors"
 RECORD_FORMAT = 1
 
 
@@ -265,17 +266,11 @@ def load_init_state(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ConfigError(f"model.init_from={path}: no such file (the public Latte checkpoints, e.g. ucf101.pt and "
                           "skytimelapse.pt, are published at https://huggingface.co/maxin-cn/Latte)")
-    if path.suffix == ".safetensors":
-        return load_weights(path)[0]
     try:
-        obj = load_torch_file(path)
-    except Exception as err:  # pickled objects besides tensors (e.g. argparse args) are refused by weights_only
+        return load_state_dict_file(path)
+    except pickle.UnpicklingError as err:  # pickled objects besides tensors (e.g. argparse args) are refused
         raise ConfigError(f"model.init_from={path} cannot be loaded with weights_only=True ({err}); save its state "
                           "dict alone (torch.save(ckpt['ema'], ...)) or as safetensors") from None
-    for key in ("ema", "model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            return obj[key]
-    return obj
 
 
 def load_latte_run_folder(root: Path) -> Path:

@@ -51,6 +51,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4, help="clips per data-loading batch (the numbers do not change)")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg", "squeeze"))
+    p.add_argument("--lpips-backbone", default=None,
+                   help="torchvision ImageNet weights of the LPIPS trunk (default: torchvision's cache folder)")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p.add_argument("--lpips-random-backbone", action="store_true",
                    help="tests / demo only: LPIPS with a random trunk (labelled in every output)")
@@ -192,10 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = []
     lpips_model = None
     if not args.no_lpips:
-        try:
-            with torch.random.fork_rng(devices=[]):  # a random trunk: the same one on every run and rank
-                torch.manual_seed(0)
-                lpips_model = load_lpips(args.lpips_net, random_backbone=args.lpips_random_backbone, device=device)
+        try:  # a random trunk is seeded: the same one on every run and rank
+            lpips_model = load_lpips(args.lpips_net, args.lpips_random_backbone, device, args.lpips_backbone)
         except FileNotFoundError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

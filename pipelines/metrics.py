@@ -7,8 +7,9 @@ Community conventions (the numbers in the VC-VAE / DeCo-VAE / WF-VAE tables):
 - SSIM (Wang et al. 2004) per frame and channel with an 11 x 11 Gaussian window, sigma 1.5, K1 = 0.01,
   K2 = 0.03, data range 1, over the 'valid' window positions, averaged over channels (scikit-image's
   ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)``);
-- LPIPS from the ``lpips`` package (AlexNet by default) on frames in [-1, 1]; its backbone weights come from
-  torchvision's cache folder (``torch.hub.get_dir()/checkpoints``), never from the network at run time;
+- LPIPS from the ``lpips`` package (AlexNet by default) on frames in [-1, 1]; its backbone weights come from a
+  file given by path or torchvision's cache folder (``torch.hub.get_dir()/checkpoints``), never from the network
+  at run time;
 - rFVD: the FVD between the original clips and their reconstructions (:func:`rfvd`);
 - first frame vs later frames (VC-VAE, Fig. 4): causal VAEs code frame 0 on its own and often reconstruct it
   worse; :class:`ReconMetrics` reports frame 0, frames 1.., and the whole per-frame curve.
@@ -19,8 +20,6 @@ the videos were batched, and under torch.distributed (accelerate) :meth:`ReconMe
 """
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,13 +28,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from tokenizer.losses import build_lpips
+
 from .fvd import (FVDProtocol, FVDResult, compute_fvd, dist_info, extract_features, feature_stats,
                   frechet_distance, video_tensor_to_uint8)
 from .i3d import I3DDetector, build_detector
 
 PSNR_MSE_FLOOR = 1e-10  # identical frames: 100 dB rather than inf
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
-LPIPS_NETS = ("alex", "vgg", "squeeze")
 
 
 def _to_unit(video: torch.Tensor) -> torch.Tensor:
@@ -79,37 +79,18 @@ def ssim_frames(original: torch.Tensor, reconstruction: torch.Tensor) -> torch.T
     return rearrange(per_channel, "(b t c) -> b t c", b=b, t=t).mean(dim=2)  # channel average, as scikit-image
 
 
-def lpips_backbone_file(net: str = "alex") -> Path:
-    """Where torchvision keeps the ImageNet backbone LPIPS needs (``torch.hub.get_dir()/checkpoints/<file>``)."""
-    from torchvision import models
+def load_lpips(net: str = "alex", random_backbone: bool = False, device: str | torch.device = "cpu",
+               backbone: str | None = None) -> nn.Module:
+    """The ``lpips`` package's LPIPS (v0.1 linear heads shipped with the package), built by the same
+    :func:`tokenizer.losses.build_lpips` the VAE trainer uses.
 
-    weights = {"alex": models.AlexNet_Weights.IMAGENET1K_V1, "vgg": models.VGG16_Weights.IMAGENET1K_V1,
-               "squeeze": models.SqueezeNet1_1_Weights.IMAGENET1K_V1}[net]
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-
-
-def load_lpips(net: str = "alex", random_backbone: bool = False,
-               device: str | torch.device = "cpu") -> nn.Module:
-    """The ``lpips`` package's LPIPS (v0.1 linear heads shipped with the package).
-
-    ``random_backbone=True`` keeps the package's linear heads but a randomly initialised backbone (tests only).
-    A missing backbone file is an error that names it; nothing is downloaded.
+    The trunk's ImageNet weights come from ``backbone`` (a torchvision state-dict file) or torchvision's cache; a
+    missing file is an error that names it, nothing is downloaded. ``random_backbone=True`` keeps the linear heads
+    with a randomly initialised trunk (tests only).
     """
-    if net not in LPIPS_NETS:
-        raise ValueError(f"unknown LPIPS network '{net}': choose one of {', '.join(LPIPS_NETS)}")
-    if not random_backbone:
-        file = lpips_backbone_file(net)
-        if not file.is_file():
-            url = "https://download.pytorch.org/models/" + file.name
-            raise FileNotFoundError(
-                f"LPIPS ({net}) needs torchvision's ImageNet backbone weights {file.name} in {file.parent} "
-                f"(published at {url}); copy the file there, or switch LPIPS off (lpips=false)")
-    import lpips
-
-    with warnings.catch_warnings():  # lpips still passes torchvision's deprecated `pretrained=` argument
-        warnings.simplefilter("ignore")
-        model = lpips.LPIPS(net=net, pnet_rand=random_backbone, verbose=False)
-    return model.eval().requires_grad_(False).to(device)
+    model = build_lpips(net, backbone, random_backbone,
+                        options=("--lpips-backbone", "switch LPIPS off (lpips=false, --no-lpips)"))
+    return model.to(device)
 
 
 @torch.no_grad()

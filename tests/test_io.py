@@ -68,6 +68,23 @@ def test_load_torch_file_refuses_pickled_code(tmp_path):
     assert torch.equal(load_state_dict_file(tmp_path / "ok.pt")["a"], torch.arange(3))
 
 
+@pytest.mark.parametrize("layout", ["bare", "ema+model", "model", "state_dict>model", "lightning"])
+def test_every_released_checkpoint_layout_unwraps_to_the_same_weights(tmp_path, layout):
+    """One rule for every loader: the EMA wins over the raw model, nests are descended, a bare dict is kept.
+    The Latte trainer's init_from (which adds its own error messages) must agree with it on every layout."""
+    from diffusion.latte_run import load_init_state
+
+    want = {"w": torch.arange(4.0), "b": torch.ones(2)}
+    decoy = {k: v * 0 - 1 for k, v in want.items()}
+    obj = {"bare": want, "ema+model": {"model": decoy, "ema": want, "step": 7}, "model": {"model": want, "opt": {}},
+           "state_dict>model": {"state_dict": {"model": want}},
+           "lightning": {"state_dict": want, "epoch": 3}}[layout]
+    torch_save(obj, tmp_path / "ckpt.pt")
+    for loader in (load_state_dict_file, load_init_state):
+        got = loader(tmp_path / "ckpt.pt")
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want), loader.__name__
+
+
 def test_error_inside_atomic_write_keeps_old_file(tmp_path):
     target = tmp_path / "a.txt"
     target.write_text("old")

@@ -8,7 +8,8 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from pipelines.i3d import RANDOM_LABEL, build_random
-from pipelines.metrics import ReconMetrics, load_lpips, lpips_backbone_file, psnr_frames, rfvd, ssim_frames
+from pipelines.metrics import ReconMetrics, load_lpips, psnr_frames, rfvd, ssim_frames
+from tokenizer.losses import lpips_backbone_file
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,8 @@ def test_missing_lpips_backbone_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as err:
         ReconMetrics()
     msg = str(err.value)
-    assert lpips_backbone_file("alex").name in msg and str(tmp_path) in msg and "lpips=false" in msg
+    name, url = lpips_backbone_file("alex")
+    assert name in msg and url in msg and str(tmp_path) in msg and "lpips=false" in msg
     ReconMetrics(lpips=False)  # switched off: no backbone needed
 
 

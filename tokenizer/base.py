@@ -136,7 +136,7 @@ class VideoVAE(nn.Module, abc.ABC):
         from .registry import get_preset
 
         path = Path(path)
-        weights = _resolve_weights(path)
+        weights = resolve_weights(path)
         state, record = load_weights(weights, device=device)
         cfg_file = weights.parent / CONFIG_FILE
         if record is None and cfg_file.is_file():
@@ -150,15 +150,19 @@ class VideoVAE(nn.Module, abc.ABC):
         return model.to(device).eval()
 
 
-def _resolve_weights(path: Path) -> Path:
+def resolve_weights(path: str | Path) -> Path:
+    """The weights file a VAE path means: the file itself, a ``save_pretrained`` folder's weights, or a training
+    run's EMA weights at its latest complete checkpoint."""
+    from .training.rundir import EMA as EMA_FILE
+    from .training.rundir import RunDir
+
+    path = Path(path)
     if path.is_file():
         return path
     if not path.exists():
         raise FileNotFoundError(f"no VAE at {path}")
-    candidates = [path / WEIGHTS_FILE, path / "latest" / "ema.safetensors", path / "ema.safetensors"]
-    latest = path / "latest"
-    if latest.is_file():  # a training run: 'latest' holds the name of the newest checkpoint folder
-        candidates.insert(0, path / latest.read_text().strip() / "ema.safetensors")
+    latest = RunDir(path, keep_last=None, is_main=False).latest()  # read-only view of a run
+    candidates = ([latest / EMA_FILE] if latest is not None else []) + [path / WEIGHTS_FILE, path / EMA_FILE]
     for c in candidates:
         if c.is_file():
             return c

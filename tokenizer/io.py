@@ -127,16 +127,29 @@ def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+# Where released checkpoints keep their weights, in order of preference: the EMA (what a release is sampled
+# with), then the raw model, then a Lightning-style ``state_dict``.
+STATE_DICT_NESTS = ("ema", "model", "state_dict")
+
+
+def unwrap_state_dict(obj: Any) -> Any:
+    """The weights inside a checkpoint object: descend into the first of :data:`STATE_DICT_NESTS` that holds a
+    dict, as long as there is one (``{"state_dict": {"model": ...}}`` works too); a bare state dict is returned."""
+    while isinstance(obj, dict):
+        key = next((k for k in STATE_DICT_NESTS if isinstance(obj.get(k), dict)), None)
+        if key is None:
+            return obj
+        obj = obj[key]
+    return obj
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors or a (trusted-format) torch file; unwraps common 'state_dict'/'model' nests."""
+    """A state dict from safetensors or a torch file (loaded with ``weights_only=True``), unwrapped by
+    :func:`unwrap_state_dict`: the one rule every loader of released weights in the toolkit follows."""
     path = Path(path)
     if path.suffix == ".safetensors":
         return load_weights(path)[0]
-    obj = load_torch_file(path)
-    for key in ("state_dict", "model", "ema"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    return obj
+    return unwrap_state_dict(load_torch_file(path))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -109,14 +109,19 @@ def _find_backbone(net: str, path: str | None) -> Path | None:
     return cached if cached.is_file() else None
 
 
+TRAINING_LPIPS_OPTIONS = ("loss.lpips_backbone", "set loss.perceptual_weight=0 (no LPIPS), or "
+                          "loss.lpips_random_backbone=true (tests/demo only: not LPIPS)")
+
+
 def build_lpips(net: str = "vgg", backbone: str | None = None, random_backbone: bool = False,
-                seed: int = 0) -> nn.Module:
+                seed: int = 0, options: tuple[str, str] = TRAINING_LPIPS_OPTIONS) -> nn.Module:
     """An ``lpips.LPIPS`` network (v0.1 linear heads from the package) with its trunk loaded from a file.
 
     The ImageNet trunk cannot be downloaded here. It is taken from ``backbone`` (a torchvision state-dict file),
     else from torchvision's cache (``$TORCH_HOME/hub/checkpoints``). If neither exists this raises, naming the file
     and its URL, unless ``random_backbone`` is set: then the trunk is randomly initialised (from ``seed``, the same
-    on every process) and a warning says that the "perceptual" loss is not LPIPS.
+    on every process) and a warning says that the "perceptual" loss is not LPIPS. ``options`` names, for that
+    error, the caller's option that takes the trunk file and how the caller switches LPIPS off.
     """
     import lpips
 
@@ -127,8 +132,7 @@ def build_lpips(net: str = "vgg", backbone: str | None = None, random_backbone: 
         name, url = lpips_backbone_file(net)
         raise FileNotFoundError(
             f"LPIPS needs the ImageNet weights of its '{net}' trunk: the file {name} (published at {url}). Put it in "
-            f"{Path(torch.hub.get_dir()) / 'checkpoints'} or pass its path as loss.lpips_backbone; or set "
-            "loss.perceptual_weight=0 (no LPIPS), or loss.lpips_random_backbone=true (tests/demo only: not LPIPS)")
+            f"{Path(torch.hub.get_dir()) / 'checkpoints'} or pass its path as {options[0]}; or {options[1]}")
     with torch.random.fork_rng(devices=[]):  # a random trunk must not depend on, or disturb, the global RNG
         torch.manual_seed(seed)
         with warnings.catch_warnings():

@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..config import ConfigError
-from ..io import load_state_dict_file, load_weights
-from .rundir import EMA as EMA_FILE
+from ..base import resolve_weights
+from ..io import load_state_dict_file
 from .rundir import RunDir
 from .vae_config import VAETrainConfig
 
@@ -46,24 +46,19 @@ def find_last_layer(model: nn.Module, name: str | None = None) -> nn.Parameter:
 
 
 def load_init_weights(path: str | Path, which: str = "model") -> dict[str, torch.Tensor]:
-    """Weights to start a run from: a run folder (its latest checkpoint's raw model or EMA weights), a
-    ``save_pretrained`` folder, or a weights file (safetensors / torch)."""
+    """Weights to start a run from: a run folder (its latest checkpoint's raw model, or its EMA weights), a
+    ``save_pretrained`` folder, or a weights file (safetensors / torch); folders are read as
+    :func:`tokenizer.base.resolve_weights` reads them."""
     path = Path(path)
-    if path.is_dir():
+    if which == "model" and path.is_dir():
         run = RunDir(path, keep_last=None, is_main=False)  # read-only view of another run
         ckpt = run.latest()
         if ckpt is not None:
-            if which == "ema":
-                return load_weights(ckpt / EMA_FILE)[0]
             return run.load_checkpoint(ckpt)[0]["model"]
-        for f in ("model.safetensors", EMA_FILE):
-            if (path / f).is_file():
-                return load_weights(path / f)[0]
-        raise FileNotFoundError(f"model.init_from_run={path}: no checkpoint (latest), model.safetensors or "
-                                f"{EMA_FILE} in it")
-    if not path.is_file():
-        raise FileNotFoundError(f"model.init_from_run={path}: no such file or folder")
-    return load_state_dict_file(path)
+    try:
+        return load_state_dict_file(resolve_weights(path))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"model.init_from_run={path}: {err}") from None
 
 
 class CachedItems(Dataset):
