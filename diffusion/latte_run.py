@@ -17,14 +17,13 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from tokenizer.cache import CacheError, LatentNormalizer, read_manifest
+from tokenizer.cache import CacheError, LatentNormalizer, cache_vae, read_manifest
 from tokenizer.cache.manifest import identity_digest
-from tokenizer.config import ConfigError, from_dict
+from tokenizer.config import ConfigError
 from tokenizer.io import load_state_dict_file, load_torch_file, load_weights, write_json
 from tokenizer.training.rundir import EMA as EMA_FILE
 
@@ -113,44 +112,6 @@ def load_config_vae(ckpt: str | Path):
     return load_vae(path)
 
 
-def cache_vae(manifest: dict, ckpt: str | Path | None = None, device: str | torch.device = "cpu"):
-    """The VAE whose latents the cache holds, verified by its weights fingerprint.
-
-    Tried in order: ``ckpt``; the path the cache job recorded (``vae_source``); for a cache made with a randomly
-    initialised preset (smoke runs, tests), the preset rebuilt under the cache job's torch seed. Raises CacheError
-    when none of them has the cache's fingerprint.
-    """
-    from tokenizer import load_vae
-    from tokenizer.registry import get_preset
-
-    vae_id = manifest["identity"]["vae"]
-    want = vae_id["fingerprint"]
-    tried = []
-    candidates: list[Any] = []
-    if ckpt is not None:
-        candidates.append(("vae.ckpt", lambda: load_vae(ckpt)))
-    source = str(manifest.get("vae_source") or "")
-    if source and Path(source).exists():
-        candidates.append((f"the cache's vae_source {source}", lambda: load_vae(source)))
-    seed = (manifest.get("cache") or {}).get("init_seed")
-    if seed is not None:
-        def rebuild():
-            cls, _ = get_preset(vae_id["name"])
-            config = from_dict(cls.config_class, vae_id["config"], source="the cache manifest")
-            with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
-                torch.manual_seed(int(seed))
-                return cls(config, name=vae_id["name"])
-        candidates.append((f"preset '{vae_id['name']}' re-initialised with torch seed {seed}", rebuild))
-    for what, make in candidates:
-        vae = make()
-        if vae.fingerprint() == want:
-            return vae.to(device).eval()
-        tried.append(what)
-    raise CacheError(f"cannot find the VAE of the cache ('{vae_id['name']}', fingerprint {want[:16]}...): tried "
-                     f"{'; '.join(tried) or 'nothing (no vae.ckpt, no readable vae_source)'}; set vae.ckpt to its "
-                     "weights (or turn periodic samples off with sample.every=0)")
-
-
 # --- the run record ---------------------------------------------------------------------------------------------
 def run_record(cfg: LatteTrainConfig, spec: CacheSpec, normalizer: LatentNormalizer) -> dict:
     """Everything a sampler needs beside the weights (stored as latte_run.json and in the weights' metadata)."""
@@ -206,7 +167,7 @@ class LatteRun:
         return tuple(self.record["latent_shape"])
 
     def vae(self, ckpt: str | Path | None = None, device: str | torch.device = "cpu"):
-        """The cache's VAE, verified by fingerprint (see :func:`cache_vae`)."""
+        """The cache's VAE, verified by fingerprint (see :func:`tokenizer.cache.cache_vae`)."""
         return cache_vae(self.manifest, ckpt or self.record["vae"].get("ckpt"), device=device)
 
 

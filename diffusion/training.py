@@ -27,14 +27,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from tokenizer.cache import LatentCacheDataset
+from tokenizer.cache import CacheError, LatentCacheDataset, cache_vae
 from tokenizer.config import ConfigError
 from tokenizer.io import state_dict_fingerprint
 from tokenizer.training import (EMA, ClipStream, NonFiniteGuard, RunDir, RunMonitor, derive_seed,
                                 restore_rng, seed_everything)
 from tokenizer.training.loop import TrainLoop
 
-from .latte_run import (EMA_FILE, CacheSpec, build_from_record, cache_vae, load_config_vae, load_init_state,
+from .latte_run import (EMA_FILE, CacheSpec, build_from_record, load_config_vae, load_init_state,
                         open_cache, run_record, write_run_files)
 from .parallel import (full_model_state, full_optimizer_state, gradient_sync, load_full_model_state,
                        load_full_optimizer_state, shard_latte, total_norm)
@@ -89,7 +89,7 @@ class LatteTrainer(TrainLoop):
         self.normalizer = normalizer
         self.record = run_record(cfg, self.spec, normalizer)
         if cfg.sample.every > 0 and acc.is_main_process and self.vae is None:
-            self.vae = cache_vae(self.spec.manifest)  # fail now, not at the first sample step
+            self.vae = self._cache_vae()  # fail now, not at the first sample step
 
         # model and formulation (identical on every process: same seed; DDP broadcasts rank 0's weights too)
         seed_everything(t.seed)
@@ -318,6 +318,13 @@ class LatteTrainer(TrainLoop):
 
     # --- samples ------------------------------------------------------------------------------------------------
     @torch.no_grad()
+    def _cache_vae(self) -> nn.Module:
+        """The VAE that decodes periodic samples: the cache's own, verified by fingerprint."""
+        try:
+            return cache_vae(self.spec.manifest)
+        except CacheError as err:
+            raise CacheError(f"{err}: set vae.ckpt to them, or turn periodic samples off with sample.every=0") from None
+
     def sample_latents(self, model: nn.Module | None = None, num: int | None = None, seed: int | None = None,
                        sampler: str | None = None,
                        steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -355,7 +362,7 @@ class LatteTrainer(TrainLoop):
         from tokenizer.training.samples import write_panels
 
         if self.vae is None:
-            self.vae = cache_vae(self.spec.manifest)
+            self.vae = self._cache_vae()
         z, _ = self.sample_latents(model)
         vae = self.vae.to(self.device)
         video = vae.decode(self.normalizer.denormalize(z.float())).clamp(-1, 1)  # (n, 3, T, H, W)

@@ -143,12 +143,11 @@ def load_cache_vae(vae_name: str, manifest: dict, vae_ckpt: Optional[str], recor
     """The VAE whose latents the run trained on, checked against the cache manifest's name and fingerprint.
 
     ``vae_ckpt`` (``--vae-ckpt``) must have the cache's fingerprint; without it the VAE is found as the training
-    script finds it (:func:`diffusion.latte_run.cache_vae`: the run's recorded ckpt, the cache's ``vae_source``, or
+    script finds it (:func:`tokenizer.cache.cache_vae`: the run's recorded ckpt, the cache's ``vae_source``, or
     the preset rebuilt under the cache job's seed), always verified by fingerprint.
     """
-    from diffusion.latte_run import cache_vae
     from tokenizer import load_vae
-    from tokenizer.cache import CacheError
+    from tokenizer.cache import CacheError, cache_vae
 
     ident = manifest["identity"]["vae"]
     if vae_name != ident["name"]:

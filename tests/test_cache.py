@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tokenizer import build_vae, load_vae, vae_names
 from tokenizer.base import FrameCountError
 from tokenizer.cache import (CacheConfig, CacheError, CacheMismatchError, LatentCacheDataset, LatentNormalizer,
-                             read_manifest, run_cache, split_overrides, valid_frame_count, verify_cache)
+                             cache_vae, read_manifest, run_cache, split_overrides, valid_frame_count, verify_cache)
 from tokenizer.cache.__main__ import main as cache_cli
 from tokenizer.config import ConfigError, from_dict
 from tokenizer.data import DataConfig, build_dataset
@@ -148,6 +148,22 @@ def test_changed_vae_or_data_is_refused_with_what_differs(bf16_cache, test_split
         _cache(vae, test_split, foreign)
     with pytest.raises(ConfigError, match="flip_copies=true"):
         _cache(vae, DataConfig(**{**vars(test_split), "hflip": True}), tmp_path / "h")
+
+
+def test_the_cache_s_vae_is_found_only_by_its_fingerprint(bf16_cache, tmp_path):
+    """No weights given: the preset is rebuilt under the cache job's seed (the caller's RNG untouched); weights of
+    another VAE are passed over; when nothing matches, the error names everything tried."""
+    out, vae, _ = bf16_cache
+    manifest = read_manifest(out)
+    rng = torch.get_rng_state()
+    assert cache_vae(manifest).fingerprint() == vae.fingerprint()
+    assert torch.equal(torch.get_rng_state(), rng)
+    other = _vae("plain-tiny", seed=1).save_pretrained(tmp_path / "other")
+    assert cache_vae(manifest, other).fingerprint() == vae.fingerprint()
+    manifest["cache"]["init_seed"] = 1  # as if the job had used another seed: now nothing has the fingerprint
+    with pytest.raises(CacheError, match=r"tried the weights .*other; preset 'plain-tiny' re-initialised with torch "
+                                         r"seed 1; give its weights"):
+        cache_vae(manifest, other)
 
 
 def test_reader_refuses_other_vae_and_incomplete_cache(bf16_cache, tmp_path):

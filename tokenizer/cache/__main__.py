@@ -15,14 +15,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from ..base import FrameCountError
 from ..config import ConfigError, print_config, to_dict
 from ..data import DataConfig, DatasetError, load_data_config
 from .config import load_cache_config, split_overrides, valid_frame_count
 from .manifest import CacheError, read_manifest, verify_cache
 from .plan import make_plan
+from .vae import seeded_preset
 from .writer import make_state, resolve_runtime, run_cache
 
 
@@ -59,15 +58,14 @@ def _verify(out: str) -> int:
 
 
 def _load_vae(args, init_seed: int):
-    from .. import build_vae, load_vae
+    from .. import load_vae
 
     if args.ckpt:
         vae = load_vae(args.ckpt)
         if vae.name != args.vae:
             raise ConfigError(f"--ckpt {args.ckpt} holds a '{vae.name}' VAE but --vae says '{args.vae}'")
         return vae, str(Path(args.ckpt).resolve())
-    torch.manual_seed(init_seed)  # the same random weights on every rank and every restart
-    vae = build_vae(args.vae)
+    vae = seeded_preset(args.vae, init_seed)  # the same random weights on every rank and every restart
     print(f"warning: no --ckpt: '{args.vae}' is randomly initialised (seed {init_seed}); its latents are only good "
           "for smoke runs and tests", file=sys.stderr)
     return vae, f"registry preset '{args.vae}', random init (torch seed {init_seed})"

@@ -30,6 +30,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..config import flatten
 from ..io import sha256_file
 
 FORMAT = "vidtok-latent-cache"
@@ -60,15 +61,6 @@ def identity_digest(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: obj}
-
-
 def _short(value: Any, limit: int = 100) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= limit else text[:limit - 3] + "..."
@@ -76,7 +68,7 @@ def _short(value: Any, limit: int = 100) -> str:
 
 def identity_diff(cached: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ, as lines ``key: cache has X, this run has Y``."""
-    a, b = _flatten(json.loads(json.dumps(cached, default=str))), _flatten(json.loads(json.dumps(current, default=str)))
+    a, b = flatten(json.loads(json.dumps(cached, default=str))), flatten(json.loads(json.dumps(current, default=str)))
     return [f"{key}: cache has {_short(a.get(key, '<absent>'))}, this run has {_short(b.get(key, '<absent>'))}"
             for key in sorted(set(a) | set(b)) if a.get(key, "<absent>") != b.get(key, "<absent>")]
 

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 from tqdm.auto import tqdm
 
+from ..config import flatten
+
 
 class RunMonitor:
     """Log file + tqdm bar + tracker scalars for one run.
@@ -95,16 +97,7 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
-def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict:
+def flat_hparams(config: Mapping[str, Any]) -> dict:
     """A nested config as flat {dotted key: scalar} (trackers take scalar hyper-parameters; lists become text)."""
-    out: dict[str, Any] = {}
-    for k, v in config.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flat_hparams(v, key + "."))
-        elif isinstance(v, (int, float, str, bool)):
-            out[key] = v
-        else:
-            out[key] = str(v)
-    return out
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config).items()}
 
