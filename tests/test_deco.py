@@ -147,7 +147,9 @@ def test_gop_gives_each_group_its_own_keyframe(clip):
 def test_no_decoupling_is_the_plain_baseline(clip):
     plain = tiny("plain-tiny")
     none = tiny("deco-tiny", decoupling="none", component_channels=[16])
-    assert not hasattr(none, "motion") and none.decoupled_components is None
+    assert not hasattr(none, "motion") and not none.has_components
+    with pytest.raises(ValueError, match="no components"):
+        none.decoupled_components(clip)
     none.load_state_dict(plain.state_dict(), strict=True)  # same parts, same names, same shapes
     with torch.no_grad():
         torch.testing.assert_close(none.encode(clip).mean, plain.encode(clip).mean, atol=0, rtol=0)

@@ -150,9 +150,6 @@ class DeCoVAE(VideoVAE):
             width = 9 if mode == "concat" else 3
             self.encoder = Encoder3D(config.backbone(width, self.latent_channels, width))
             self.decoder = Decoder3D(config.backbone(width, self.latent_channels, width))
-            if mode == "none":
-                # no components to show: the trainer's sample writer looks this attribute up and skips it if None
-                self.decoupled_components = None
         if config.motion_ckpt:
             sha = self.motion.load_pretrained(config.motion_ckpt)
             self.config = dataclasses.replace(config, motion_ckpt=None, motion_ckpt_sha256=sha)
@@ -340,6 +337,11 @@ class DeCoVAE(VideoVAE):
         return torch.cat(out, dim=2)
 
     # ------------------------------------------------------------------------------- components, for training
+    @property
+    def has_components(self) -> bool:
+        """Whether the clip is decoupled (False for the ``decoupling="none"`` baseline)."""
+        return self.config.decoupling != "none"
+
     def decoupled_components(self, video: torch.Tensor, sample: bool = False,
                              generator: torch.Generator | None = None) -> dict:
         """Everything between input and output of one whole-clip pass, for losses and pictures.
@@ -349,6 +351,8 @@ class DeCoVAE(VideoVAE):
         ``keyframe_hat`` (decoded keyframe video), ``motion_hat``, ``residual_hat``, ``prediction_hat`` =
         W(x_hat_0, m_hat); ``reconstruction`` (eq. 8), ``posterior`` and the latent ``z``.
         """
+        if not self.has_components:
+            raise ValueError("decoupling='none' has no components (it is the plain baseline)")
         self.check_video(video)
         comps = self.decouple(video)
         mean, logvar = self._encode_components(comps, None)

@@ -400,9 +400,8 @@ class VAETrainer(TrainLoop):
                 continue
             x_hat = model.decode(model.encode(xi).mode()).clamp(-1, 1)
             panels = [xi[0], x_hat[0]]
-            comps = getattr(model, "decoupled_components", None)
-            if callable(comps):  # DeCo-VAE: keyframe, motion (flow picture + scale), residual
-                c = comps(xi)
+            if getattr(model, "has_components", False):  # DeCo-VAE: keyframe, motion (flow picture + scale), residual
+                c = model.decoupled_components(xi)
                 panels += [c["keyframe"][0]] + motion_panels(c["motion"][0]) + [c["residual"][0].clamp(-1, 1)]
             rows.append(panels)
         path = self.run.samples_dir / f"step-{step:06d}.{self.cfg.train.sample_format}"
