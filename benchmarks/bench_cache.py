@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import build_ucf_like_tree  # noqa: E402
 from tokenizer import build_vae, load_vae  # noqa: E402
 from tokenizer.cache import CacheConfig, make_plan, run_cache  # noqa: E402
-from tokenizer.cache.writer import AUTOCAST, make_state, resolve_runtime  # noqa: E402
+from tokenizer.cache.writer import AUTOCAST, make_state, resolve_runtime, to_channels_last_3d  # noqa: E402
 from tokenizer.data import DataConfig  # noqa: E402
 
 
@@ -117,7 +117,7 @@ def main() -> None:
         channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
         vae.to(device)
         if channels_last:
-            vae.to(memory_format=torch.channels_last_3d)
+            to_channels_last_3d(vae)
         item_batches = [items for _, items in plan.batches(list(range(plan.num_shards)))]
         ready = [torch.stack([ds[i]["video"] for i in items]).to(device) for items in item_batches]
         if channels_last:

@@ -214,30 +214,82 @@ def test_verify_detects_corruption_and_a_restart_repairs_it(bf16_cache, test_spl
     assert verify_cache(out) == [] and again["shards"] == manifest["shards"] and again["stats"] == manifest["stats"]
 
 
+def test_verify_names_missing_foreign_and_stray_shards(bf16_cache, tmp_path):
+    out = tmp_path / "c"
+    shutil.copytree(bf16_cache[0], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    first, second = manifest["shards"]
+    shutil.copy(out / first["file"], out / "shards" / "00099.safetensors")  # a file the manifest does not list
+    shutil.copy(out / first["file"], out / second["file"])  # shard 0's bytes where shard 1 should be ...
+    second.update(bytes=first["bytes"], sha256=first["sha256"])  # ... and a manifest edited to match them
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / first["file"]).unlink()
+    assert verify_cache(out) == [f"{first['file']}: missing",
+                                 f"{second['file']}: belongs to another cache (identity digest differs)",
+                                 "shards/00099.safetensors: not listed in the manifest"]
+
+
 # ------------------------------------------------------------------------------- unreadable input
 def test_unreadable_videos_are_skipped_and_listed(ucf_tree, tiny_data_cfg, tmp_path):
+    """Videos broken at probe time are skipped; videos that break later have their clips dropped, however many
+    fail in a row (more than the dataset's read_retries here), and a kill during the very first manifest write
+    (its temporary file left behind) does not make the folder look foreign."""
     root = tmp_path / "videos"
     root.mkdir()
     for k, src in enumerate(sorted((ucf_tree / "Biking").glob("*.avi"))):
         shutil.copy(src, root / f"{'acd'[k]}_good.avi")
     (root / "b_empty.avi").write_bytes(b"")
     (root / "e_text.avi").write_text("not a video\n" * 20)
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / ".manifest.json.k1ll3d.tmp").write_text('{"half": ')
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         vae = _vae("plain-tiny")
-        data_cfg = tiny_data_cfg("folder", root, num_frames=9, clips_per_video=2)
+        data_cfg = tiny_data_cfg("folder", root, num_frames=9, clips_per_video=2, read_retries=1)
         ds = build_dataset(data_cfg)
-        victim = Path(ds.videos[1].path)  # c_good.avi, usable when probed ...
-        victim.write_bytes(b"\x00" * 1000)  # ... then broken before its clips are decoded
+        for victim in ds.videos[1:]:  # c_good.avi and d_good.avi, usable when probed ...
+            Path(victim.path).write_bytes(b"\x00" * 1000)  # ... then broken before their clips are decoded
         cfg = CacheConfig(num_workers=0, clips_per_shard=4, batch_size=4)
-        manifest = run_cache(vae, data_cfg, cfg, tmp_path / "c", dataset=ds, show_progress=False, log=lambda *a: 0)
+        manifest = run_cache(vae, data_cfg, cfg, out, dataset=ds, show_progress=False, log=lambda *a: 0)
     skipped = {Path(s["path"]).name: s for s in manifest["skipped"]}
-    assert set(skipped) == {"b_empty.avi", "e_text.avi", "c_good.avi"}
-    assert skipped["c_good.avi"]["when"] == "decode" and skipped["b_empty.avi"]["reason"].startswith("empty file")
-    assert manifest["clips"]["dropped_items"] == [2, 3] and manifest["clips"]["stored"] == 4
-    cache = LatentCacheDataset(tmp_path / "c", normalize="none")
-    assert [cache[i]["item"] for i in range(len(cache))] == [0, 1, 4, 5]  # dropped, not replaced by a neighbour
-    assert {cache[i]["path"] for i in range(len(cache))} == {ds.videos[0].path, ds.videos[2].path}
+    assert set(skipped) == {"b_empty.avi", "e_text.avi", "c_good.avi", "d_good.avi"}
+    assert skipped["c_good.avi"]["when"] == skipped["d_good.avi"]["when"] == "decode"
+    assert skipped["b_empty.avi"]["reason"].startswith("empty file")
+    assert manifest["clips"]["dropped_items"] == [2, 3, 4, 5] and manifest["clips"]["stored"] == 2
+    cache = LatentCacheDataset(out, normalize="none")
+    assert [cache[i]["item"] for i in range(len(cache))] == [0, 1]  # dropped, not replaced by a neighbour
+    assert {cache[i]["path"] for i in range(len(cache))} == {ds.videos[0].path}
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_mean_only_fp16_cache_of_sky_timelapse_frame_folders(sky_tree, tiny_data_cfg, tmp_path):
+    vae = _vae("plain-tiny")
+    data_cfg = tiny_data_cfg("sky_timelapse", sky_tree, split="train")
+    manifest = _cache(vae, data_cfg, tmp_path / "c", dtype="fp16", store_std=False)
+    rows = _rows(tmp_path / "c")
+    assert "std" not in rows and rows["mean"].dtype == torch.float16 and "std_sampled" not in manifest["stats"]
+    assert set(rows["label"].tolist()) == {-1}
+    ds = build_dataset(from_dict(DataConfig, manifest["data"]))
+    assert len(ds) == manifest["clips"]["stored"] == len(rows["mean"])
+    with torch.inference_mode():
+        direct = vae.encode(torch.stack([ds[i]["video"] for i in range(len(ds))])).mean
+    torch.testing.assert_close(rows["mean"].float(), direct, rtol=2 ** -10, atol=1e-4)
+    with pytest.raises(CacheError, match="stores the mean only"):
+        LatentCacheDataset(tmp_path / "c", sample=True)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_gpu_layout_channels_last_works_on_every_vae(name, test_split, tmp_path):
+    """The GPU default (channels-last 3D weights and inputs) run on CPU: DeCo-VAE's 2D motion estimator included;
+    the latents equal those of the ordinary layout up to summation order."""
+    vae = _vae(name)
+    one_clip = DataConfig(**{**vars(test_split), "clips_per_video": 1})
+    ordinary = _cache(vae, one_clip, tmp_path / "a", dtype="fp32", channels_last=False)
+    _cache(vae, one_clip, tmp_path / "b", dtype="fp32", channels_last=True)
+    a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+    torch.testing.assert_close(b["mean"], a["mean"], rtol=1e-4, atol=1e-4)
+    assert ordinary["clips"]["stored"] == len(b["mean"]) == 3
 
 
 # ------------------------------------------------------------------------------------------------- reader
@@ -279,6 +331,8 @@ def test_reader_is_memory_mapped_and_works_in_workers(bf16_cache):
     ds = LatentCacheDataset(out)
     size = len(pickle.dumps(ds))
     items = [ds[i] for i in range(len(ds))]
+    maps = Path("/proc/self/maps").read_text()
+    assert all(str((out / s["file"]).resolve()) in maps for s in ds.manifest["shards"])  # the shards are mapped
     for it in items:  # each item owns a storage of its own size: a row copied out of the map, not a shard view
         assert it["latent"].untyped_storage().nbytes() == it["latent"].numel() * 4
     assert len(pickle.dumps(ds)) == size  # nothing read is kept
@@ -314,6 +368,8 @@ def _cli_args(ckpt: Path, data_yaml: Path, out: Path) -> list[str]:
 
 
 def _env() -> dict:
+    """Every process with this process's thread count: CPU kernels sum in an order that depends on it, and the
+    test compares bytes."""
     return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": str(REPO),
             "PYTHONWARNINGS": "ignore"}
 
@@ -351,10 +407,9 @@ def test_killed_run_resumes_and_two_processes_match_one(ucf_tree, tiny_data_cfg,
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"rank 0: {done} of {total} shards already done" in res.stdout
 
-    two = tmp_path / "two"
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          *_cli_args(ckpt, data_yaml, two)], cwd=REPO, env=_env(), capture_output=True, text=True,
-                         timeout=300)
+    two = tmp_path / "two"  # through the wrapper script users run (NPROC=2: torchrun, gloo, on CPU)
+    res = subprocess.run(["bash", str(REPO / "scripts" / "cache_latents.sh"), *_cli_args(ckpt, data_yaml, two)[2:]],
+                         cwd=REPO, env={**_env(), "NPROC": "2"}, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 process(es)" in res.stdout
 

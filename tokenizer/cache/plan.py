@@ -2,8 +2,9 @@
 
 Items are the dataset's clips in its fixed enumeration (item ``i`` = clip ``i % clips_per_video`` of usable video
 ``i // clips_per_video``). Shard ``k`` holds items ``[k * items_per_shard, (k + 1) * items_per_shard)`` and is
-encoded by rank ``k % world_size`` in batches that never cross a shard boundary, so the bytes of a shard do not
-depend on the number of processes nor on where a killed run stopped.
+encoded by rank ``k % world_size`` in batches that never cross a shard boundary, so the clips of a shard, and its
+bytes given the same kernels (on CPU: the same thread count per process), depend neither on the number of
+processes nor on where a killed run stopped.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from .manifest import identity_digest
 
 STORAGE_TORCH = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # data-config keys that change speed, never content: left out of the identity so that a restart may change them
-DATA_RUNTIME_KEYS = ("decode_threads", "probe_workers")
+DATA_RUNTIME_KEYS = ("decode_threads", "probe_workers", "read_retries")  # do not change what is cached
 
 
 @dataclass

@@ -27,11 +27,12 @@ from pathlib import Path
 import torch
 from einops import rearrange
 from safetensors.torch import save as safetensors_bytes
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..config import ConfigError, to_dict
-from ..data import DataConfig
+from ..data import DataConfig, VideoReadError
 from ..io import atomic_write, sha256_file, write_json
 from .config import CacheConfig
 from .manifest import (FORMAT, MANIFEST, SHARD_DIR, SHARD_METADATA_KEY, VERSION, CacheError, CacheMismatchError, combine_stats,
@@ -53,9 +54,9 @@ def _plan_manifest(plan: CachePlan, vae_source: str) -> dict:
 
 def _claim_folder(out: Path, plan: CachePlan, vae_source: str) -> None:
     """Rank 0, before the others look: write the plan manifest into an empty folder; clean stale temp files."""
+    for tmp in [*out.glob(f".{MANIFEST}.*.tmp*"), *(out / SHARD_DIR).glob(".*.tmp*")]:
+        tmp.unlink(missing_ok=True)  # left by a kill in the middle of an atomic write (the first manifest too)
     if (out / MANIFEST).is_file():
-        for tmp in (out / SHARD_DIR).glob(".*.tmp*"):  # left by a kill in the middle of an atomic write
-            tmp.unlink(missing_ok=True)
         return
     if out.exists() and any(out.iterdir()):
         return  # not ours: every rank refuses it in _check_folder
@@ -130,6 +131,41 @@ class ShardBuffer:
 
 
 # ------------------------------------------------------------------------------------------------- encoding
+def to_channels_last_3d(model: nn.Module) -> nn.Module:
+    """Lay out the 5-D (3D-convolution) weights channels-last; 4-D weights (e.g. DeCo-VAE's 2D motion estimator),
+    which ``Module.to(memory_format=torch.channels_last_3d)`` would refuse, are left as they are."""
+    for p in model.parameters():
+        if p.dim() == 5:
+            p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+    return model
+
+
+class ExactClips(Dataset):
+    """The dataset's items, each read from its own video or not at all (:meth:`VideoClipDataset.read_exact`).
+
+    A cache must never store one video's clip under another's item, nor stop at broken videos: a clip whose video
+    fails while decoding comes back as a zero placeholder with ``read_error`` set, and :class:`ClipEncoder` drops
+    it and lists the video.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return {**self.dataset.read_exact(index), "read_error": ""}
+        except VideoReadError as err:
+            cfg = self.dataset.cfg
+            v, clip = divmod(index, cfg.clips_per_video)
+            info = self.dataset.videos[v]
+            return {"video": torch.zeros(3, cfg.num_frames, cfg.resolution, cfg.resolution), "label": info.label,
+                    "path": info.path, "start": -1, "clip": clip, "index": index,
+                    "read_error": f"{info.path}: {err.reason}"}
+
+
 class ClipEncoder:
     """Batches of decoded clips -> storage-dtype rows (posterior mean [and std] + metadata columns)."""
 
@@ -137,7 +173,7 @@ class ClipEncoder:
         self.plan, self.device, self.channels_last = plan, device, channels_last
         self.vae = plan.vae.eval().to(device)
         if channels_last:
-            self.vae.to(memory_format=torch.channels_last_3d)
+            to_channels_last_3d(self.vae)
         self.kwargs = {} if plan.cfg.chunk_size is None else {"chunk_size": plan.cfg.chunk_size}
 
     def __call__(self, batch: dict, buffer: ShardBuffer) -> int:
@@ -145,7 +181,7 @@ class ClipEncoder:
         plan, cpv = self.plan, self.plan.data_cfg.clips_per_video
         items = batch["index"]  # (b,)
         ok = torch.tensor([not err for err in batch["read_error"]], dtype=torch.bool)
-        for j in (~ok).nonzero().flatten().tolist():  # replaced by another video's clip: drop, never substitute
+        for j in (~ok).nonzero().flatten().tolist():  # its video failed while decoding: drop it, list the video
             video = plan.dataset.videos[int(items[j]) // cpv]
             reason = batch["read_error"][j].split("\n")[0].partition(": ")[2]
             buffer.dropped.append({"item": int(items[j]), "path": video.path, "reason": reason})
@@ -177,7 +213,7 @@ def _encode_shards(plan: CachePlan, shards: list[int], out: Path, device: torch.
     batches = plan.batches(shards)
     per_shard = Counter(k for k, _ in batches)  # VAE calls per shard
     workers = cfg.num_workers
-    loader = DataLoader(plan.dataset, batch_sampler=[items for _, items in batches], num_workers=workers,
+    loader = DataLoader(ExactClips(plan.dataset), batch_sampler=[items for _, items in batches], num_workers=workers,
                         pin_memory=device.type == "cuda", prefetch_factor=cfg.prefetch_factor if workers else None,
                         persistent_workers=False)
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"

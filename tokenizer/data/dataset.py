@@ -131,6 +131,21 @@ class VideoClipDataset(Dataset):
         raise RuntimeError(f"item {index}: {len(errors)} videos in a row failed to decode "
                            f"(read_retries={self.cfg.read_retries}): " + "; ".join(errors))
 
+    def read_exact(self, index: int) -> dict:
+        """Item ``index`` from its own video, never substituted (for consumers that must not mix videos, such as
+        the latent cache): a decode failure is recorded like one seen by ``__getitem__`` and re-raised as
+        :class:`VideoReadError`."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} clips")
+        v, clip = divmod(index, self.cfg.clips_per_video)
+        if v in self._failed:
+            raise VideoReadError(self.videos[v].path, self._failed[v])
+        try:
+            return self._load(index, v, clip)
+        except VideoReadError as err:
+            self._record_failure(v, err.reason, substituted=False)
+            raise
+
     def _load(self, index: int, v: int, clip: int) -> dict:
         cfg = self.cfg
         path, start, indices = self.clip_frames(index, video=v)
@@ -142,12 +157,12 @@ class VideoClipDataset(Dataset):
         return {"video": video, "label": self.videos[v].label, "path": path, "start": start, "clip": clip,
                 "index": index}
 
-    def _record_failure(self, v: int, reason: str) -> None:
+    def _record_failure(self, v: int, reason: str, substituted: bool = True) -> None:
         self._failed[v] = reason
         path = self.videos[v].path
         self.read_failures.append((path, reason))
-        warnings.warn(f"video {path} failed at read time ({reason}); its clips are read from the next usable "
-                      f"video", SkippedVideoWarning, stacklevel=3)
+        then = "its clips are read from the next usable video" if substituted else "its clips are dropped"
+        warnings.warn(f"video {path} failed at read time ({reason}); {then}", SkippedVideoWarning, stacklevel=3)
 
     # ------------------------------------------------------------------------------------------------ reporting
     def note_read_errors(self, batch_or_item: dict) -> None:
