@@ -24,7 +24,7 @@ from .manifest import identity_digest
 
 STORAGE_TORCH = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # data-config keys that change speed, never content: left out of the identity so that a restart may change them
-DATA_RUNTIME_KEYS = ("decode_threads", "probe_workers", "read_retries")  # do not change what is cached
+DATA_RUNTIME_KEYS = ("decode_threads", "probe_workers", "read_retries")  # the cache never substitutes videos
 
 
 @dataclass
