@@ -37,9 +37,38 @@ def test_config_unknown_key_names_key_file_and_valid_keys(tmp_path):
     assert "optim.lrr" in msg and str(f) in msg and "betas, lr" in msg
 
 
-def test_config_wrong_type(tmp_path):
-    with pytest.raises(ConfigError, match="steps"):
+def test_config_wrong_type_names_key_source_and_valid_keys(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lr: fast\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(_Cfg, f)
+    msg = str(err.value)
+    assert "invalid value 'optim.lr'" in msg and str(f) in msg and "betas, lr" in msg and "reference_type" not in msg
+    with pytest.raises(ConfigError, match=r"(?s)'steps'.*override 'steps=many'.*name, optim, steps"):
         load_config(_Cfg, None, ["steps=many"])
+
+
+def test_nested_value_checks_name_the_full_key_and_where_it_was_set(tmp_path):
+    """A section's own check (here the data config's, inside a training config) reports the key from the top and
+    the file or override that set the value; several-field checks given as ``validate`` get the same treatment."""
+    from tokenizer.training.vae_config import VAETrainConfig, validate
+
+    f = tmp_path / "train.yaml"
+    f.write_text("model: {name: plain-tiny}\ntrain: {run_dir: runs/x}\ndata:\n  crop: middle\n")
+    with pytest.raises(ConfigError, match=rf"invalid value 'data.crop=middle': valid values are center, random "
+                                          rf"\(set in {f}\)"):
+        load_config(VAETrainConfig, f)
+    with pytest.raises(ConfigError, match=r"'data.crop=middle'.*set in command-line override 'data.crop=middle'"):
+        load_config(VAETrainConfig, f, ["data.crop=center", "data.crop=middle"])
+    with pytest.raises(ConfigError, match=r"'train.ema_decay=1.5'.*set in command-line override"):
+        load_config(VAETrainConfig, f, ["data.crop=center", "train.ema_decay=1.5"], validate=validate)
+
+
+def test_a_yaml_that_is_not_a_mapping_is_a_clear_error(tmp_path):
+    f = tmp_path / "list.yaml"
+    f.write_text("- steps: 5\n")
+    with pytest.raises(ConfigError, match=rf"{f} must hold a mapping of keys .* not a list"):
+        load_config(_Cfg, f)
 
 
 def test_fingerprint_depends_on_values_only():

@@ -11,9 +11,10 @@ at that level.
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -65,16 +66,52 @@ def _merge(base: DictConfig, other: Any, source: str, schema: Any) -> DictConfig
         kind = "unknown key" if isinstance(err, ConfigKeyError) or "not in struct" in str(err) else "invalid value"
         msg = f"{kind} '{key}' in {source}"
         if kind == "invalid value":
-            msg += f": {err.msg if hasattr(err, 'msg') else err}"
+            msg += ": " + str(getattr(err, "msg", err)).splitlines()[0]  # omegaconf's own key/type lines dropped
         if valid:
             msg += f"\n  valid keys here: {', '.join(valid)}"
         raise ConfigError(msg) from None
 
 
-def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Build ``schema`` from its defaults, then ``path`` (YAML), then ``key=value`` overrides; return a dataclass."""
+# Value checks (check_choices, check_at_least, __post_init__ and validate functions) word their errors
+# "invalid value 'key=value': ..."; the key may be relative to a nested section.
+_INVALID_VALUE = re.compile(r"invalid value '([^'=]+)=")
+
+
+def _locate(message: str, cfg: DictConfig, sources: list[tuple[str, set[str]]]) -> str:
+    """A value check's message made complete: the key dotted from the top, and where its value was set."""
+    match = _INVALID_VALUE.search(message)
+    if match is None:
+        return f"{message} (config: {'; '.join(name for name, _ in sources) or 'the defaults'})"
+    key = match.group(1)
+    full = [k for k in flatten(OmegaConf.to_container(cfg)) if k == key or k.endswith("." + key)]
+    if len(full) == 1:
+        message = message.replace(f"'{key}=", f"'{full[0]}=", 1)
+        key = full[0]
+    origin = next((name for name, keys in reversed(sources)
+                   if any(key == k or key.startswith(k + ".") for k in keys)), "the schema's defaults")
+    return f"{message} (set in {origin})"
+
+
+def _build(cfg: DictConfig, sources: list[tuple[str, set[str]]], validate: Callable[[Any], None] | None) -> Any:
+    try:
+        obj = OmegaConf.to_object(cfg)  # runs every section's __post_init__ checks
+        if validate is not None:
+            validate(obj)
+    except ConfigError as err:
+        raise ConfigError(_locate(str(err), cfg, sources)) from None
+    return obj
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
+                validate: Callable[[T], None] | None = None) -> T:
+    """Build ``schema`` from its defaults, then ``path`` (YAML), then ``key=value`` overrides; return a dataclass.
+
+    ``validate(cfg)`` runs checks that need several fields. Every error is a :class:`ConfigError`; one about a
+    value names its key from the top of the config and the file or override that set it.
+    """
     cfg = OmegaConf.structured(schema)
     OmegaConf.set_struct(cfg, True)
+    sources: list[tuple[str, set[str]]] = []
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -83,15 +120,21 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
             loaded = OmegaConf.load(path)
         except Exception as err:  # YAML syntax errors
             raise ConfigError(f"cannot parse {path}: {err}") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path} must hold a mapping of keys (key: value) at its top level, not a "
+                              f"{type(OmegaConf.to_container(loaded)).__name__}")
         cfg = _merge(cfg, loaded, str(path), schema)
+        sources.append((str(path), set(flatten(OmegaConf.to_container(loaded)))))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
-        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"command-line override '{item}'", schema)
+        where = f"command-line override '{item}'" + (f" (config {path})" if path is not None else "")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), where, schema)
+        sources.append((where, {item.split("=", 1)[0].strip()}))
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"required keys not set ({path or 'no config file'}): {', '.join(missing)}")
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    return _build(cfg, sources, validate)
 
 
 def from_dict(schema: type[T], values: dict, source: str = "<dict>") -> T:
@@ -99,7 +142,7 @@ def from_dict(schema: type[T], values: dict, source: str = "<dict>") -> T:
     cfg = OmegaConf.structured(schema)
     OmegaConf.set_struct(cfg, True)
     cfg = _merge(cfg, OmegaConf.create(values), source, schema)
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    return _build(cfg, [(source, set(flatten(values)))], None)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -63,9 +63,4 @@ class DataConfig:
 
 def load_data_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DataConfig:
     """``configs/data/*.yaml`` plus ``key=value`` overrides -> :class:`DataConfig` (errors name key and file)."""
-    try:
-        return load_config(DataConfig, path, overrides)
-    except ConfigError as err:
-        where = f" (config {path}{', overrides ' + ' '.join(overrides) if overrides else ''})"
-        msg = str(err)
-        raise ConfigError(msg if str(path) in msg else msg + where) from None
+    return load_config(DataConfig, path, overrides)

@@ -109,8 +109,7 @@ def train_main(argv: Sequence[str] | None, *, doc: str, config_help: str, schema
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100 optim.lr=1e-4")
     args = p.parse_intermixed_args(argv)  # options and key=value overrides in any order
     try:
-        cfg = load_config(schema, args.config, args.overrides)
-        validate(cfg)
+        cfg = load_config(schema, args.config, args.overrides, validate=validate)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
