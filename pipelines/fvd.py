@@ -321,7 +321,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     from cleanfid.fid import frechet_distance as cleanfid_frechet_distance
 
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
-    return float(cleanfid_frechet_distance(f64(mu1), f64(sigma1), f64(mu2), f64(sigma2)))
+    try:
+        return float(cleanfid_frechet_distance(f64(mu1), f64(sigma1), f64(mu2), f64(sigma2)))
+    except ValueError as err:  # clean-fid refuses a sqrtm with a large imaginary part
+        raise ValueError(f"the Frechet distance is ill-conditioned ({err}): the covariances of {len(mu1)}-d "
+                         "features need many more clips than dimensions (FVD16 uses 2048 per side)") from None
 
 
 # ------------------------------------------------------------------------------------------- real-data sources
@@ -533,9 +537,11 @@ def compute_fvd(real: Any, fake: Any, protocol: str | FVDProtocol = "fvd16",
     say(result.line())
     if out is not None and rank == 0:
         out = Path(out)
-        if out.suffix != ".json":
+        if out.suffix != ".json":  # one file per (generated set, real set, protocol with overrides, detector)
             fake_name = Path(fake_info["source"]).name if isinstance(fake, (str, Path)) else "videos"
-            out = out / f"{fake_name}-{protocol.name.split('[')[0]}-{det.info.name}.json"
+            what = dict(real=real_info["source"], protocol=protocol.to_dict(), detector=det.info.sha256)
+            digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
+            out = out / f"{fake_name}-{protocol.name.split('[')[0]}-{det.info.name}-{digest}.json"
         result.save(out)
         say(f"FVD result saved to {out}")
     return result

@@ -246,13 +246,14 @@ def resolve_detector_path(name: str, path: str | Path | None) -> Path:
     given = str(path) if path else os.environ.get(ENV_VAR, "")
     if not given:
         raise FileNotFoundError(
-            f"detector '{name}' needs a weights file and none was given: set detector_path=<file> (config key) or "
-            f"the environment variable {ENV_VAR}. The file is {PUBLISHED[name]}. Nothing is downloaded at run "
-            f"time; use detector=random only for tests (its numbers are not comparable to published FVD).")
+            f"detector '{name}' needs a weights file and none was given: pass it (--detector-path FILE on the "
+            f"command line, detector_path=FILE in an FVD config) or set the environment variable {ENV_VAR}. The "
+            f"file is {PUBLISHED[name]}. Nothing is downloaded at run time; the detector named 'random' is for tests "
+            f"only: its numbers are not comparable to published FVD.")
     resolved = Path(given).expanduser()
     if not resolved.is_file():
         raise FileNotFoundError(f"detector '{name}': weights file not found: {resolved}. The file needed is "
-                                f"{PUBLISHED[name]}; point detector_path or {ENV_VAR} at it.")
+                                f"{PUBLISHED[name]}; point --detector-path, detector_path or {ENV_VAR} at it.")
     return resolved
 
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from tokenizer.losses import build_lpips
 
-from .fvd import (FVDProtocol, FVDResult, compute_fvd, dist_info, extract_features, feature_stats,
+from .fvd import (FVDProtocol, FVDResult, compute_fvd, default_device, dist_info, extract_features, feature_stats,
                   frechet_distance, video_tensor_to_uint8)
 from .i3d import I3DDetector, build_detector
 
@@ -142,8 +142,8 @@ class ReconMetrics:
 
     def __init__(self, lpips: bool = True, lpips_net: str = "alex", lpips_model: nn.Module | None = None,
                  fvd_detector: str | I3DDetector | None = None, detector_path: str | None = None,
-                 fvd_resolution: int = 224, fvd_batch_size: int = 8, device: str | torch.device = "cpu"):
-        self.device = torch.device(device)
+                 fvd_resolution: int = 224, fvd_batch_size: int = 8, device: str | torch.device | None = None):
+        self.device = torch.device(device) if device is not None else default_device()
         self.lpips_model = (lpips_model or load_lpips(lpips_net, device=self.device)) if lpips else None
         if isinstance(fvd_detector, str):
             fvd_detector = build_detector(fvd_detector, detector_path, self.device)

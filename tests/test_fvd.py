@@ -17,7 +17,7 @@ import torch
 from pipelines import fvd
 from pipelines.fvd import (FVDProtocol, InceptionI3d, compute_fvd, extract_features, feature_stats,
                            frechet_distance, get_protocol, select_real_clips)
-from pipelines.i3d import RANDOM_LABEL, build_detector, build_random, same_padding
+from pipelines.i3d import RANDOM_LABEL, I3DDetector, build_detector, build_random, same_padding
 
 TINY = dict(num_frames=8, resolution=32)
 
@@ -100,6 +100,29 @@ def test_i3d_checkpoint_names_strict_load_and_features(tmp_path, detector, monke
         build_detector("i3d_pt", bad)
 
 
+def test_features_are_the_logits_averaged_over_time(detector):
+    """17 frames leave two time steps after I3D's temporal strides: the feature is their mean (not one of them)."""
+    clips = torch.rand(2, 3, 17, 32, 32, generator=torch.Generator().manual_seed(0)) * 255
+    logits = detector.net(clips / 127.5 - 1)  # (b, 400, t')
+    assert logits.shape[:2] == (2, 400) and logits.shape[2] == 2
+    torch.testing.assert_close(detector(clips), logits.mean(2))
+    assert not torch.allclose(logits[:, :, 0], logits[:, :, 1])
+
+
+class _RangeProbe(torch.nn.Module):
+    """Stands in for InceptionI3d and reports the range of what it is fed."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.stack([x.amin(), x.amax()]), torch.zeros(398)]).expand(x.shape[0], 400)
+
+
+def test_pytorch_i3d_is_fed_minus_one_to_one(detector):
+    det = I3DDetector(_RangeProbe(), detector.info)
+    clip = torch.zeros(1, 3, 8, 32, 32)
+    clip[..., 16:] = 255
+    assert det(clip)[0, :2].tolist() == [-1.0, 1.0]
+
+
 def test_missing_detector_file_names_the_file(tmp_path, monkeypatch):
     monkeypatch.delenv("VIDTOK_I3D_PATH", raising=False)
     with pytest.raises(FileNotFoundError) as err:
@@ -131,6 +154,9 @@ def test_torchscript_detector_is_called_as_stylegan_v(tmp_path):
     feats = extract_features(clip, det, resolution=32, device="cpu", progress=False)
     lo, hi, size, rescale, resize, ret = feats[0, :6]
     assert (lo, hi, size) == (0.0, 255.0, 32.0) and rescale == resize == ret == 1.0
+    border = torch.zeros(1, 8, 40, 50, 3, dtype=torch.uint8)
+    border[:, :, :, :5] = border[:, :, :, 45:] = 255  # only outside the centre crop: the detector never sees it
+    assert extract_features(border, det, resolution=32, device="cpu", progress=False)[0, :2].tolist() == [0.0, 0.0]
 
 
 def test_real_clip_selection_is_seeded_one_per_video(ucf_tree, tmp_path):
@@ -175,6 +201,30 @@ def test_fvd_batch_size_clip_order_cache_and_seed(ucf_tree, perturbed, detector,
         assert key in saved["protocol"]
     assert saved["protocol"]["name"] == "fvd16[num_frames=8,resolution=32]"
     assert saved["detector"]["name"] == "random" and len(saved["detector"]["sha256"]) == 64
+
+
+def test_each_invariance_alone_and_what_keys_the_cache_and_the_result_file(ucf_tree, perturbed, detector,
+                                                                           tiny_protocol, tmp_path):
+    kw = dict(protocol=tiny_protocol, device="cpu", progress=False, verbose=False)
+    fakes = fvd.list_clip_sources(perturbed)
+    base = compute_fvd(ucf_tree, fakes, detector=detector, batch_size=4, cache_dir=None, out=tmp_path / "res", **kw)
+    # batch size, on the real and the generated side at once (no cache), then the order of the generated clips
+    one = compute_fvd(ucf_tree, fakes, detector=detector, batch_size=1, cache_dir=None, out=None, **kw)
+    assert one.fvd == pytest.approx(base.fvd, rel=1e-5)
+    flipped = compute_fvd(ucf_tree, fakes[::-1], detector=detector, batch_size=4, cache_dir=None, out=None, **kw)
+    assert flipped.fvd == pytest.approx(base.fvd, rel=1e-5)
+    # a cache hit gives the number of the run that filled it, bit for bit; another detector does not hit it
+    stats = tmp_path / "stats"
+    filled = compute_fvd(ucf_tree, fakes, detector=detector, batch_size=4, cache_dir=stats, out=None, **kw)
+    hit = compute_fvd(ucf_tree, fakes, detector=detector, batch_size=4, cache_dir=stats, out=None, **kw)
+    assert not filled.real["cache_hit"] and hit.real["cache_hit"] and hit.fvd == filled.fvd == base.fvd
+    other = compute_fvd(ucf_tree, fakes, detector=build_random(seed=1), cache_dir=stats, out=None, **kw)
+    assert not other.real["cache_hit"] and len(list(stats.glob("*.safetensors"))) == 2
+    # another protocol (an override) writes its own result file beside the first
+    compute_fvd(ucf_tree, fakes, detector=detector, cache_dir=None, out=tmp_path / "res",
+                **{**kw, "protocol": tiny_protocol.with_overrides(real_stride=2)})
+    names = sorted(json.loads(p.read_text())["protocol"]["name"] for p in (tmp_path / "res").glob("*.json"))
+    assert names == ["fvd16[num_frames=8,resolution=32]", "fvd16[num_frames=8,resolution=32][real_stride=2]"]
 
 
 def test_fvd_published_protocols():

@@ -65,24 +65,32 @@ def test_perceptual_loss_is_lpips_frame_by_frame(squeeze_lpips):
     assert torch.allclose(got, loop, atol=1e-6)
 
 
-def test_lpips_trunk_loads_torchvision_weights(tmp_path):
+def test_lpips_trunk_loads_torchvision_weights_and_a_random_trunk_ignores_them(tmp_path, monkeypatch):
+    """The trunk is read from torchvision's cache folder (or a given file) into LPIPS's slices; asking for a random
+    trunk never picks up a cached real one (it would then be labelled random while being LPIPS)."""
     import torchvision
 
     torch.manual_seed(4)
     tv = torchvision.models.squeezenet1_1(weights=None)
-    path = tmp_path / "squeezenet1_1.pth"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    path = tmp_path / "checkpoints" / lpips_backbone_file("squeeze")[0]
+    path.parent.mkdir()
     torch.save(tv.state_dict(), path)
-    model = build_lpips("squeeze", backbone=str(path))
     x = torch.rand(1, 3, 32, 32) * 2 - 1
-    feats = model.net(x)
     # torchvision's own feature stack: LPIPS taps squeezenet after modules 1, 4, 7, 9, 10, 11, 12
     h, taps = x, []
     for i, layer in enumerate(tv.features):
         h = layer(h)
         if i in (1, 4, 7, 9, 10, 11, 12):
             taps.append(h)
-    for a, b in zip(feats, taps):
-        assert torch.equal(a, b)
+    for model in (build_lpips("squeeze"), build_lpips("squeeze", backbone=str(path))):
+        for a, b in zip(model.net(x), taps):
+            assert torch.equal(a, b)
+    with pytest.warns(UserWarning, match="RANDOM"):
+        random = build_lpips("squeeze", random_backbone=True)
+    assert not torch.equal(random.net(x)[0], taps[0])
+    with pytest.raises(ValueError, match="choose one"):
+        build_lpips("squeeze", backbone=str(path), random_backbone=True)
 
 
 def test_lpips_without_trunk_weights_names_the_file(monkeypatch, tmp_path):

@@ -127,7 +127,9 @@ def build_lpips(net: str = "vgg", backbone: str | None = None, random_backbone: 
 
     if net not in LPIPS_NETS:
         raise ValueError(f"unknown LPIPS trunk '{net}'; valid: {', '.join(LPIPS_NETS)}")
-    path = _find_backbone(net, backbone)
+    if random_backbone and backbone is not None:
+        raise ValueError("an LPIPS trunk file and a random trunk were both asked for: choose one")
+    path = None if random_backbone else _find_backbone(net, backbone)  # a cached real trunk is not random
     if path is None and not random_backbone:
         name, url = lpips_backbone_file(net)
         raise FileNotFoundError(
