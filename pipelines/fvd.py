@@ -35,6 +35,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -183,17 +184,21 @@ def read_clip(clip: ClipRef) -> torch.Tensor:
 
 
 def select_real_clips(videos: Sequence[str | Path], protocol: FVDProtocol) -> tuple[list[ClipRef], dict]:
-    """One clip per real video under the protocol's seeded rule (``SELECTION_RULE``); returns (clips, skip counts)."""
+    """One clip per real video under the protocol's seeded rule (``SELECTION_RULE``); returns (clips, what was
+    skipped: counts, and the unreadable videos with their reasons)."""
     order = np.random.default_rng([protocol.seed, 0]).permutation(len(videos))
     offsets = np.random.default_rng([protocol.seed, 1])
-    span, clips, skipped = protocol.real_span, [], {"too_short": 0, "unreadable": 0}
+    span, clips = protocol.real_span, []
+    skipped: dict[str, Any] = {"too_short": 0, "unreadable": 0, "unreadable_videos": []}
     for i in order:
         if len(clips) == protocol.num_real:
             break
         try:
             n = num_frames_of(videos[i])
-        except (VideoReadError, OSError):
+        except (VideoReadError, OSError) as err:
             skipped["unreadable"] += 1
+            skipped["unreadable_videos"].append(str(err))  # "<file>: <reason>"
+            warnings.warn(f"FVD: skipping unreadable real video {err}", stacklevel=2)
             continue
         if n < span:
             skipped["too_short"] += 1

@@ -243,20 +243,25 @@ def test_broken_videos_are_skipped_named_and_reported(ucf_tree, tiny_data_cfg, t
     encode_video(root / "e_short.mp4", _pyav_frames(good[0])[:5])  # 5 frames < 8
     (root / "f_unreadable.avi").write_bytes(good[0].read_bytes())
     (root / "f_unreadable.avi").chmod(0)
+    # cut short: decord still opens these and indexes fewer frames than their headers declare (UCF101 is AVI)
+    (root / "g_cut.avi").write_bytes(good[1].read_bytes()[: good[1].stat().st_size * 6 // 10])
+    mkv = encode_video(tmp_path / "whole.mkv", _pyav_frames(good[1]))
+    (root / "h_cut.mkv").write_bytes(mkv.read_bytes()[: mkv.stat().st_size * 7 // 10])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = build_dataset(tiny_data_cfg("folder", root))
     skipped = dict((Path(p).name, r) for p, r in ds.skipped)
-    broken = {"b_truncated.mp4", "c_empty.mp4", "d_text.avi", "e_short.mp4"}
+    broken = {"b_truncated.mp4", "c_empty.mp4", "d_text.avi", "e_short.mp4", "g_cut.avi", "h_cut.mkv"}
     if not _root_reads_anything():  # root can open mode-000 files; then it is a usable video
         broken.add("f_unreadable.avi")
     assert set(skipped) == broken
     assert "empty" in skipped["c_empty.mp4"] and "too short: 5 frames" in skipped["e_short.mp4"]
+    assert skipped["g_cut.avi"].startswith("truncated: ") and skipped["h_cut.mkv"].startswith("truncated: ")
     messages = [str(w.message) for w in caught if issubclass(w.category, SkippedVideoWarning)]
     assert sorted(messages) == sorted(f"skipping video {root / n}: {r}" for n, r in skipped.items())
     report = ds.report()
     assert f"{len(skipped)} skipped" in report and all(f"{root / n}: {r}" in report for n, r in skipped.items())
-    assert [Path(v.path).name for v in ds.videos][0] == "a_good.avi" and len(ds) == 7 - len(broken)
+    assert [Path(v.path).name for v in ds.videos][0] == "a_good.avi" and len(ds) == 9 - len(broken)
     for i in range(len(ds)):
         assert ds[i]["video"].shape == (3, 8, 32, 32)
 

@@ -166,13 +166,20 @@ def test_real_clip_selection_is_seeded_one_per_video(ucf_tree, tmp_path):
     clips, skipped = select_real_clips(videos, protocol)
     again, _ = select_real_clips(videos, protocol)
     other, _ = select_real_clips(videos, protocol.with_overrides(seed=8))
-    assert clips == again and clips != other and skipped == {"too_short": 0, "unreadable": 0}
+    assert clips == again and clips != other and skipped == {"too_short": 0, "unreadable": 0, "unreadable_videos": []}
     assert len({c.path for c in clips}) == 5
     for c in clips:
         assert np.all(np.diff(c.indices) == 3) and len(c.indices) == 8 and 0 <= c.indices[0] <= 36 - 22
     # videos too short for the span are skipped, not clipped
     long_clips, skipped = select_real_clips(videos, protocol.with_overrides(num_frames=13))  # span 37 > 36
     assert long_clips == [] and skipped["too_short"] == 9
+    # an unreadable video is skipped, counted and named with its reason
+    broken = tmp_path / "broken.avi"
+    broken.write_text("not a video\n" * 20)
+    with pytest.warns(UserWarning, match="broken.avi"):
+        clips, skipped = select_real_clips([str(broken), *videos], protocol)
+    assert len(clips) == 5 and skipped["unreadable"] == 1
+    assert skipped["unreadable_videos"][0].startswith(f"{broken}: cannot open")
 
 
 def test_fvd_batch_size_clip_order_cache_and_seed(ucf_tree, perturbed, detector, tiny_protocol, tmp_path, monkeypatch):

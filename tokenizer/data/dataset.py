@@ -23,6 +23,7 @@ from __future__ import annotations
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch.utils.data import Dataset
 
@@ -30,7 +31,7 @@ from .config import DataConfig
 from .layouts import LAYOUTS, DatasetError, Listing, VideoEntry, layout_error
 from .sampling import (RNG_CROP, RNG_FLIP, RNG_OFFSET, clip_indices, clip_start, crop_origin, frames_to_clip,
                        item_rng)
-from .video_io import VideoReadError, read_video_frames, video_num_frames
+from .video_io import VideoReadError, declared_num_frames, read_video_frames, video_num_frames
 
 
 class SkippedVideoWarning(UserWarning):
@@ -54,6 +55,9 @@ def probe_video(entry: VideoEntry, span: int, threads: int = 1) -> tuple[int | N
         return None, f"cannot open ({type(err).__name__}: {err})"
     if n == 0:
         return None, "no frames"
+    declared = None if Path(entry.path).is_dir() else declared_num_frames(entry.path)
+    if declared is not None and n < declared[0] - declared[1]:
+        return None, f"truncated: {n} frames can be indexed, the container declares {declared[0]:.0f}"
     if n < span:
         return None, f"too short: {n} frames, a clip needs {span}"
     return n, ""

@@ -98,6 +98,30 @@ def video_num_frames(path: str | Path, num_threads: int = 1) -> int:
     return len(_open_decord(path, num_threads))
 
 
+def declared_num_frames(path: str | Path) -> tuple[float, float] | None:
+    """(frames the container declares, tolerance) from PyAV's reading of the headers, or None if it declares none.
+
+    AVI and MP4 store a frame count (exact: tolerance 1% or 2 frames); Matroska/WebM only a duration, so the count
+    is duration x average rate (tolerance 5% or 3 frames). decord indexes the frames it can find, so a file cut short
+    indexes fewer than its headers declare and returns wrong frames near its end: :func:`probe_video` compares.
+    """
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            if stream.frames:
+                return float(stream.frames), max(2.0, 0.01 * stream.frames)
+            seconds = (float(stream.duration * stream.time_base) if stream.duration
+                       else (container.duration or 0) / av.time_base)
+            rate = float(stream.average_rate or 0)
+    except Exception:  # PyAV cannot parse the headers: decord's count is all there is
+        return None
+    if seconds <= 0 or rate <= 0:
+        return None
+    return seconds * rate, max(3.0, 0.05 * seconds * rate)
+
+
 def video_fps(path: str | Path) -> float | None:
     """Average frame rate of a video file; ``None`` for a frame folder (it has no time base)."""
     path = Path(path)

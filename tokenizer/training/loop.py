@@ -33,11 +33,15 @@ class TrainLoop:
         try:
             while self.step < t.max_steps:
                 self.train_step()
+            self.finish()
         finally:
             self.monitor.close()
             if t.tracker != "none":
                 self.accelerator.end_training()
         return {"step": self.step, "run_dir": str(self.run.root), "skipped": self.guard.total}
+
+    def finish(self) -> None:
+        """Called once when the loop reaches ``train.max_steps``, before the monitor closes (e.g. a data report)."""
 
     def _run_folder(self) -> Path | None:
         """Open ``train.run_dir`` (a ``RunDir`` as ``self.run``); returns its latest checkpoint (None: a fresh run).

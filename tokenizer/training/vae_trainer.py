@@ -254,10 +254,10 @@ class VAETrainer(TrainLoop):
         if ckpt is None:
             m.info(f"new run in {self.run.root}: {cfg.model.name}, stage {t.stage}, {acc.num_processes} process(es) "
                    f"on {acc.device}, {sum(p.numel() for p in self.model.parameters()):,} parameters")
-        for i, d in enumerate(self.datasets):
-            report = getattr(d, "report", None) or getattr(getattr(d, "dataset", None), "report", None)
-            if report is not None:
-                m.info(f"bucket {i}: {report()}")
+        for i in range(len(self.datasets)):
+            clips = self._clip_dataset(i)
+            if clips is not None:
+                m.info(f"bucket {i}: {clips.report()}")
         # randomness of the steps: per process; restored exactly on resume
         if rng is not None:
             restore_rng(rng)
@@ -279,13 +279,32 @@ class VAETrainer(TrainLoop):
                 raise ConfigError(f"model.init_from_run={cfg.init_from_run} does not fit {cfg.name}: "
                                   f"missing {missing[:5]}, unexpected {unexpected[:5]}")
 
+    def _clip_dataset(self, bucket: int):
+        """The video dataset behind a bucket (None for other datasets), whose report names broken videos."""
+        d = self.datasets[bucket]
+        d = d if hasattr(d, "report") else getattr(d, "dataset", None)
+        return d if hasattr(d, "note_read_errors") else None
+
+    def finish(self) -> None:
+        """Say which videos failed while being read during this launch (those skipped at start were logged then)."""
+        for i in range(len(self.datasets)):
+            clips = self._clip_dataset(i)
+            if clips is not None and clips.read_failures:
+                self.monitor.warning(f"bucket {i}: {len(clips.read_failures)} video(s) failed at read time (their "
+                                     "clips came from the next usable video): "
+                                     + "; ".join(f"{p}: {r}" for p, r in clips.read_failures))
+
     # --- the loop -------------------------------------------------------------------------------------------
     def train_step(self) -> bool:
         """One step (taken or skipped); True if taken."""
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
         step = self.step + 1
         t0 = time.perf_counter()
-        _, batch = self.stream.next(self.step)
+        bucket, batch = self.stream.next(self.step)
+        if isinstance(batch, dict) and any(batch.get("read_error", ())):  # read in a DataLoader worker
+            clips = self._clip_dataset(bucket)
+            if clips is not None:
+                clips.note_read_errors(batch)
         x = video_of(batch).to(self.device, non_blocking=True)
         self._apply_phase(step)
         self.model_ddp.train()
