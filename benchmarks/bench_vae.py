@@ -17,6 +17,8 @@ memory does not hide another's):
 - memory: the process's peak resident set size (``ru_maxrss``: weights + activations + the Python/torch baseline)
   and its growth during encode + decode (peak RSS after minus peak RSS before the first pass);
 - the machine's 1-minute load average when the model finished (on a shared machine other jobs slow it down);
+- ``--gop N``: DeCo-VAE presets take a keyframe every N frames and run group by group (bounded memory on long
+  clips);
 - ``--chunk ENC DEC``: the toolkit's VAEs encode ``ENC`` frames and decode ``DEC`` latent frames at a time
   through their causal caches (the result equals the whole-clip one), the bounded-memory mode; peers unchanged;
 - FLOPs: counted by ``torch.utils.flop_counter`` on the meta device at the same shape (convs and matmuls);
@@ -45,15 +47,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 PEERS = {"cogvideox": "AutoencoderKLCogVideoX", "wan": "AutoencoderKLWan"}
 
 
-def _build(spec: str, device: str = "cpu", chunk: tuple[int, int] | None = None):
+def _build(spec: str, device: str = "cpu", chunk: tuple[int, int] | None = None, gop: int | None = None):
     """(model, encode, decode, frame_rule, compression, latent channels) for 'vae:NAME' or 'peer:NAME';
-    ``chunk`` = (encode chunk in frames, decode chunk in latent frames) for the toolkit's VAEs."""
+    ``chunk`` = (encode chunk in frames, decode chunk in latent frames) for the toolkit's VAEs, ``gop`` the
+    frames per keyframe of DeCo-VAE presets."""
     kind, name = spec.split(":", 1)
     with torch.device(device):
         if kind == "vae":
             from tokenizer import build_vae
 
-            model = build_vae(name).eval()
+            model = build_vae(name, **({"gop": gop} if gop and name.startswith("deco") else {})).eval()
             enc_chunk, dec_chunk = chunk or (None, None)
             return (model, lambda x: model.encode(x, chunk_size=enc_chunk).mode(),
                     lambda z: model.decode(z, chunk_size=dec_chunk), model.frame_rule, model.compression,
@@ -91,9 +94,10 @@ def count(spec: str, frames: int, size: int) -> dict:
             "flops_approx": approx}
 
 
-def measure(spec: str, frames: int, size: int, repeat: int, warmup: int, chunk: tuple[int, int] | None = None) -> dict:
+def measure(spec: str, frames: int, size: int, repeat: int, warmup: int, chunk: tuple[int, int] | None = None,
+            gop: int | None = None) -> dict:
     """Run in the child process: time, memory and FLOPs of one model on one clip."""
-    model, encode, decode, rule, compression, latent_channels = _build(spec, chunk=chunk)
+    model, encode, decode, rule, compression, latent_channels = _build(spec, chunk=chunk, gop=gop)
     t = frames + 1 if rule == "causal" else frames
     clip = torch.rand(1, 3, t, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     rss_before = _peak_rss_mib()
@@ -114,6 +118,8 @@ def measure(spec: str, frames: int, size: int, repeat: int, warmup: int, chunk: 
     del model, z, out
     best = min(range(repeat), key=lambda i: enc_times[i] + dec_times[i])
     chunked = {"chunk": list(chunk)} if chunk and spec.startswith("vae:") else {}
+    if gop and spec.startswith("vae:deco"):
+        chunked["gop"] = gop
     return {**count(spec, frames, size), **chunked, "encode_s": enc_times[best], "decode_s": dec_times[best],
             "peak_rss_mib": rss_after, "rss_growth_mib": rss_after - rss_before, "load": load}
 
@@ -132,6 +138,8 @@ def table(rows: list[dict]) -> str:
         name = f"{r['model']} (diffusers peer)" if r["peer"] else f"`{r['model']}`"
         if r.get("chunk"):
             name += f" (chunks: encode {r['chunk'][0]} frames, decode {r['chunk'][1]} latent)"
+        if r.get("gop"):
+            name += f" (gop {r['gop']}: group by group)"
         if "error" in r:
             lines.append(f"| {name} | | | | | failed: {r['error']} | | | | | |")
             continue
@@ -156,6 +164,8 @@ def main() -> None:
     parser.add_argument("--chunk", nargs=2, type=int, metavar=("ENC", "DEC"), default=None,
                         help="the toolkit's VAEs encode ENC frames and decode DEC latent frames at a time (causal "
                              "cache, results equal to the whole clip); the peers are unchanged")
+    parser.add_argument("--gop", type=int, default=None,
+                        help="DeCo-VAE presets: a keyframe every GOP frames, encoded and decoded group by group")
     parser.add_argument("--json", default=None, help="also write the rows here (pipelines.report reads them)")
     parser.add_argument("--count-only", action="store_true", help="parameters and FLOPs only (meta device, fast)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -164,7 +174,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.child:  # one measurement, JSON on the last line of stdout
         print(json.dumps(measure(args.child, args.frames, args.size, args.repeat, args.warmup,
-                                 tuple(args.chunk) if args.chunk else None)))
+                                 tuple(args.chunk) if args.chunk else None, args.gop)))
         return
     if args.size % 8 or args.frames % 8 or args.repeat < 1:
         parser.error("--size and --frames must be multiples of 8 (8x8x8 presets), --repeat >= 1")
@@ -183,6 +193,8 @@ def main() -> None:
             cmd += ["--threads", str(args.threads)]
         if args.chunk:
             cmd += ["--chunk", *map(str, args.chunk)]
+        if args.gop:
+            cmd += ["--gop", str(args.gop)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             rows.append({"model": spec.split(":", 1)[1], "peer": spec.startswith("peer:"),

@@ -144,6 +144,62 @@ def test_gop_gives_each_group_its_own_keyframe(clip):
         tiny(gop=6)
 
 
+def _largest_inputs(vae, fn) -> dict[str, int]:
+    """Run ``fn`` and return the largest number of frames any convolution of ``vae`` was handed at once
+    (Conv3d: the time axis; the motion estimator's Conv2d: frames x batch), the activations memory scales with."""
+    seen = {"conv3d": 0, "conv2d": 0}
+
+    def hook(module, args):
+        key, n = ("conv3d", args[0].shape[2]) if isinstance(module, torch.nn.Conv3d) else ("conv2d", args[0].shape[0])
+        seen[key] = max(seen[key], n)
+
+    handles = [m.register_forward_pre_hook(hook) for m in vae.modules()
+               if isinstance(m, (torch.nn.Conv3d, torch.nn.Conv2d))]
+    try:
+        with torch.no_grad():
+            fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def test_group_by_group_work_does_not_grow_with_the_clip(clip):
+    """gop=8: encode and decode hand every convolution the same number of frames for a 33- and a 65-frame clip
+    (bounded memory); with one keyframe for the whole clip (the paper) it grows with the clip."""
+    more = torch.cat([clip[:, :, 1:], clip.flip(2)[:, :, 1:]], dim=2)  # 32 more real frames
+    clips = {33: torch.cat([clip, clip.flip(2)[:, :, 1:]], dim=2), 65: torch.cat([clip, clip.flip(2)[:, :, 1:], more],
+                                                                               dim=2)}
+    for gop, grows in ((8, False), (None, True)):
+        vae = tiny(gop=gop)
+        sizes = {}
+        for t, x in clips.items():
+            z = vae.encode(x).mode() if gop else None
+            sizes[t] = (_largest_inputs(vae, lambda: vae.encode(x)),
+                        _largest_inputs(vae, lambda: vae.decode(z if z is not None else vae.encode(x).mode())))
+        if grows:
+            assert sizes[65][0]["conv3d"] > sizes[33][0]["conv3d"] and sizes[65][1]["conv3d"] > sizes[33][1]["conv3d"]
+        else:
+            assert sizes[65] == sizes[33]
+            assert sizes[65][0]["conv3d"] <= 8 + 2 and sizes[65][0]["conv2d"] <= 8 + 1  # a group and its cache
+
+
+def test_posterior_sampling_is_reparameterised():
+    """Eq. 2: z = mu + sigma * eps with eps ~ N(0, I) drawn from the given generator; dz/dmu = 1 and
+    dz/dlogvar = sigma * eps / 2, so gradients reach both moments."""
+    from tokenizer.distributions import DiagonalGaussian
+
+    g = torch.Generator().manual_seed(0)
+    mean, logvar = torch.randn(2, 4, 3, 5, 5, generator=g), torch.randn(2, 4, 3, 5, 5, generator=g)
+    mean.requires_grad_(True), logvar.requires_grad_(True)
+    z = DiagonalGaussian(mean=mean, logvar=logvar).sample(torch.Generator().manual_seed(7))
+    eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(z, mean + torch.exp(0.5 * logvar) * eps, atol=0, rtol=0)
+    z.sum().backward()
+    torch.testing.assert_close(mean.grad, torch.ones_like(mean))
+    torch.testing.assert_close(logvar.grad, 0.5 * torch.exp(0.5 * logvar.detach()) * eps)
+
+
 def test_no_decoupling_is_the_plain_baseline(clip):
     plain = tiny("plain-tiny")
     none = tiny("deco-tiny", decoupling="none", component_channels=[16])
@@ -183,13 +239,35 @@ def test_full_presets_build_near_the_papers_size():
 
 
 @pytest.mark.parametrize("name,overrides", [("deco-tiny", {}), ("deco-compact-tiny", {}), ("deco-concat-tiny", {}),
-                                            ("plain-tiny", {}), ("deco-tiny", {"motion": "classical", "gop": 4})])
+                                            ("plain-tiny", {}), ("deco-tiny", {"motion": "classical", "gop": 4}),
+                                            ("deco", {}), ("deco-compact", {}), ("deco-concat", {}), ("plain", {})])
 def test_save_load_round_trip_is_bit_exact(tmp_path, clip, name, overrides):
+    """Every preset, the full-size ones included (on 5 frames), comes back from its folder bit for bit."""
     vae = tiny(name, **overrides)
+    x = clip if name.endswith("-tiny") else clip[:, :, :5]
     folder = vae.save_pretrained(tmp_path / "vae")
     back = load_vae(folder)
     assert back.name == name and back.config == vae.config and back.fingerprint() == vae.fingerprint()
     with torch.no_grad():
-        z = vae.encode(clip).mode()
-        assert torch.equal(back.encode(clip).mode(), z)
+        z = vae.encode(x).mode()
+        assert torch.equal(back.encode(x).mode(), z)
         assert torch.equal(back.decode(z), vae.decode(z))
+
+
+def test_a_model_built_from_a_motion_checkpoint_loads_without_it(tmp_path, clip):
+    """The motion weights are loaded at construction and then saved with the model: the checkpoint file may go."""
+    from tokenizer.io import save_weights, sha256_file
+
+    donor = tiny()
+    ckpt = tmp_path / "motion.safetensors"
+    save_weights({f"estimator.{k}": v for k, v in donor.motion.estimator.state_dict().items()}, ckpt)
+    torch.manual_seed(1)  # another random init everywhere else: the estimator must still be the checkpoint's
+    vae = build_vae("deco-tiny", motion_ckpt=str(ckpt)).eval()
+    assert torch.equal(vae.motion.estimator.head.weight, donor.motion.estimator.head.weight)
+    assert vae.config.motion_ckpt is None and vae.config.motion_ckpt_sha256 == sha256_file(ckpt)
+    folder = vae.save_pretrained(tmp_path / "vae")
+    ckpt.unlink()
+    back = load_vae(folder)
+    assert back.fingerprint() == vae.fingerprint()
+    with torch.no_grad():
+        assert torch.equal(back.decode(back.encode(clip).mode()), vae.decode(vae.encode(clip).mode()))
