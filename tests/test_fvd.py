@@ -100,6 +100,15 @@ def test_i3d_checkpoint_names_strict_load_and_features(tmp_path, detector, monke
         build_detector("i3d_pt", bad)
 
 
+def test_i3d_layout_is_the_public_checkpoints_name_for_name():
+    """Every (name, shape) of the public PyTorch I3D checkpoints (tests/data/i3d_pt_layout.txt, listed from the
+    reference implementation), and nothing else: such a file loads with strict=True."""
+    lines = (Path(__file__).parent / "data" / "i3d_pt_layout.txt").read_text().splitlines()
+    public = {name: shape for name, shape in (line.split() for line in lines if not line.startswith("#"))}
+    ours = {k: "x".join(map(str, v.shape)) or "scalar" for k, v in InceptionI3d(400).state_dict().items()}
+    assert len(public) == 344 and ours == public
+
+
 def test_features_are_the_logits_averaged_over_time(detector):
     """17 frames leave two time steps after I3D's temporal strides: the feature is their mean (not one of them)."""
     clips = torch.rand(2, 3, 17, 32, 32, generator=torch.Generator().manual_seed(0)) * 255
