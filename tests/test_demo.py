@@ -4,14 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from pipelines.demo import FULL, QUICK, stages_done
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
 def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "pipelines.demo", "--quick", "--vaes", "deco", "--out", str(out)]
