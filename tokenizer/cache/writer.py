@@ -90,6 +90,18 @@ def _done_record(out: Path, k: int, digest: str, verify: bool) -> dict | None:
 
 
 # ----------------------------------------------------------------------------------------------- one shard
+def _channel_sums(x: torch.Tensor, rows: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel float64 sums of x and x^2 over (n, C, T', H', W') rows, a few rows at a time (a float64 copy of
+    a whole 256 MB shard would take 1-2 GB)."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for i in range(0, x.shape[0], rows):
+        part = x[i:i + rows].double()
+        total += part.sum((0, 2, 3, 4))
+        squares += part.square().sum((0, 2, 3, 4))
+    return total, squares
+
+
 class ShardBuffer:
     """Rows of one shard as they come out of the VAE, then its file and sidecar."""
 
@@ -115,12 +127,10 @@ class ShardBuffer:
         blob = safetensors_bytes(tensors, metadata={SHARD_METADATA_KEY: meta})
         with atomic_write(shard_path(out, self.k)) as f:
             f.write(blob)
-        mean = tensors["mean"].double()  # (n, C, T', H', W'), the stored values
-        dims = (0, 2, 3, 4)
-        stats = {"count": mean.shape[0] * t * h * w, "sum": mean.sum(dims).tolist(),
-                 "sumsq": (mean * mean).sum(dims).tolist()}
+        total, squares = _channel_sums(tensors["mean"])  # of the stored values
+        stats = {"count": tensors["mean"].shape[0] * t * h * w, "sum": total.tolist(), "sumsq": squares.tolist()}
         if plan.cfg.store_std:
-            stats["var_sum"] = tensors["std"].double().square().sum(dims).tolist()
+            stats["var_sum"] = _channel_sums(tensors["std"])[1].tolist()
         labels = tensors["label"].tolist()
         record = {"shard": self.k, "identity": plan.digest, "file": f"{SHARD_DIR}/{self.k:05d}.safetensors",
                   "items": [plan.shard_items(self.k).start, plan.shard_items(self.k).stop], "clips": len(labels),
