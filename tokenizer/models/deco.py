@@ -92,7 +92,7 @@ class DeCoVAEConfig:
         if self.decoupling == "dedicated" and len(self.component_channels) != 3:
             raise ConfigError(f"decoupling=dedicated needs 3 component_channels (keyframe, motion, residual), got "
                               f"{self.component_channels}")
-        t_c = 2 ** len(self.temporal_down_levels)
+        t_c = self.backbone(3, 1).temporal_compression
         if self.gop is not None:
             if self.decoupling == "none":
                 raise ConfigError("gop needs a decoupled model (decoupling=dedicated or concat)")
@@ -137,8 +137,9 @@ class DeCoVAE(VideoVAE):
         config.validate()
         cc, mode = list(config.component_channels), config.decoupling
         self.latent_channels = config.latent_channels
-        s = 2 ** (len(config.block_out_channels) - 1)
-        self.compression = (2 ** len(config.temporal_down_levels), s, s)
+        backbone = config.backbone(3, max(cc))
+        s = backbone.spatial_compression
+        self.compression = (backbone.temporal_compression, s, s)
         if mode != "none":
             self.motion = MotionModule(config.motion_config())
         if mode == "dedicated":
