@@ -68,8 +68,18 @@ def _table(text: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
 
 
-def test_report_one_row_per_vae_from_real_producers(inputs, tmp_path):
+def _keep_figures(monkeypatch) -> list:
+    """The figures the report draws, kept as pyplot closes them (to hold the PNG against what was drawn)."""
+    import matplotlib.pyplot as plt
+
+    figures, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig))[1])
+    return figures
+
+
+def test_report_one_row_per_vae_from_real_producers(inputs, tmp_path, monkeypatch):
     root, recon, fvd, vae = inputs
+    figures = _keep_figures(monkeypatch)
     out = write_report([root], tmp_path / "report")
     rows = {r.vae: r for r in out["rows"]}
     assert set(rows) == {"plain-tiny", "other-vae"}  # peers, sidecars, configs and broken files are not rows
@@ -94,10 +104,26 @@ def test_report_one_row_per_vae_from_real_producers(inputs, tmp_path):
     assert float(o["PSNR"]) < float(p["PSNR"])  # a mirrored clip is a worse reconstruction than the codec copy
     assert "RANDOM-INIT I3D" in out["markdown"].read_text()
     assert out["not_plotted"] == ["other-vae"]
+    # the plot: FVD16 against rFVD, one labelled point per VAE that has both, the others named in the caption
+    import matplotlib.colors
     from PIL import Image
 
-    with Image.open(out["png"]) as im:
-        assert im.format == "PNG" and im.size == (660, 504)
+    (fig,) = figures
+    (ax,) = fig.axes
+    shown = rows["plain-tiny"]
+    (points,) = ax.collections
+    assert points.get_offsets().tolist() == [[shown.rfvd, shown.fvd16]]
+    assert [a.get_text() for a in ax.texts] == [f"plain-tiny {RANDOM_MARK}"]
+    assert "other-vae" in fig.texts[0].get_text()
+    with Image.open(out["png"]) as im:  # the PNG is that figure, whole: its size in inches times its dpi
+        assert im.format == "PNG" and im.size == tuple(round(s) for s in fig.get_size_inches() * fig.dpi)
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    # ... with the point where the axes put it: a ring of C0 (hollow: random-init I3D), nothing else in C0
+    x, y = ax.transData.transform((shown.rfvd, shown.fvd16))  # pixels from the bottom left
+    col, row = round(x), rgb.shape[0] - round(y)
+    c0 = np.abs(rgb - np.array(matplotlib.colors.to_rgb("C0")) * 255).sum(-1) < 30
+    ring = c0[row - 8:row + 9, col - 8:col + 9]
+    assert ring.sum() > 10 and ring.sum() == c0.sum() and not c0[row, col]
     assert [r["vae"] for r in json.loads(out["json"].read_text())] == [r.vae for r in out["rows"]]
 
 

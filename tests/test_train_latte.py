@@ -236,16 +236,34 @@ def test_gradient_clipping_starts_at_its_step(tmp_path, cache):
     assert norms[1][0] == pytest.approx(0.1 * norms[1][1], rel=1e-4) and norms[1][1] > 1e-2  # not yet
 
 
-def test_unconditional_bf16_run(tmp_path, cache):
-    """SkyTimelapse-style: no label embedder, no labels; bf16 autocast with fp32 master weights; samples decode."""
+def test_unconditional_bf16_run(tmp_path, cache, monkeypatch):
+    """SkyTimelapse-style: no label embedder, no labels; the training forward runs under bf16 autocast (a block's
+    Linear computes in bf16) while the weights and their gradients stay fp32 and the losses are float32 (split_output
+    casts the network's output); samples decode."""
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
         tr = trainer(cache, tmp_path / "run", "train.max_steps=2", "train.mixed_precision=bf16",
                      "data.conditioning=none", "sample.every=2", "sample.num=1", "sample.steps=2")
+        qkv = tr.model.blocks[0].attn.qkv
+        seen = {"qkv": [], "grad": [], "losses": []}
+        # the EMA copy (sampling, no autocast) inherits the hooks: record the trained module's calls only
+        qkv.register_forward_hook(lambda m, args, out: seen["qkv"].append(out.dtype) if m is qkv else None)
+        qkv.weight.register_hook(lambda g: seen["grad"].append(g.dtype))
+        losses = tr.diffusion.training_losses
+
+        def spy(*args, **kw):
+            terms = losses(*args, **kw)
+            seen["losses"].append({k: v.dtype for k, v in terms.items()})
+            return terms
+
+        monkeypatch.setattr(tr.diffusion, "training_losses", spy)
         tr.fit()
         assert tr.accelerator.mixed_precision == "bf16"
+        assert seen["qkv"] == [torch.bfloat16] * 2  # one training forward per step, computed in bf16
+        assert seen["grad"] == [torch.float32] * 2  # ... whose gradients reach the fp32 weights in fp32
+        assert seen["losses"] == [dict(mse=torch.float32, vb=torch.float32, loss=torch.float32)] * 2
         assert tr.model.y_embedder is None and tr.record["num_classes"] == 0 and tr.record["class_names"] == []
         assert all(torch.isfinite(torch.tensor(h["loss"])) for h in tr.history)
         assert all(p.dtype == torch.float32 for p in tr.model.parameters())  # master weights stay fp32
