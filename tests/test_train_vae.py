@@ -319,13 +319,13 @@ def test_deco_stages_as_separate_runs(tmp_path, real_clips):
     from tokenizer.motion import warp_error
 
     one = [_Clips(real_clips[:1])]
-    motion = trainer(tmp_path / "motion", "train.max_steps=2", *ONE_CLIP, config="deco_motion_tiny.yaml",
+    motion = trainer(tmp_path / "motion", "train.max_steps=4", *ONE_CLIP, config="deco_motion_tiny.yaml",
                      datasets=one)
     motion.setup()
     x = motion._samples[:1]
     err0, _ = warp_error(motion.model.motion, x)
     s0 = group_states(motion)
-    while motion.step < 2:
+    while motion.step < 4:
         motion.train_step()
     motion.monitor.close()
     assert changed(s0, group_states(motion)) == {"motion": True, "enc_k": False, "enc_m": False, "enc_r": False,

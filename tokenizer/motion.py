@@ -57,6 +57,7 @@ class MotionConfig:
     num_levels: int = 5  # the volume holds num_levels + 1 levels (level 0 = the frame)
     scale_offset: float = 4.0  # scale = softplus(gain raw - offset): ~0.018 levels at init, gradients flow at once
     scale_gain: float = 10.0
+    flow_gain: float = 10.0  # flow in pixels = gain raw, as the scale is gained; ungained, blur won (MotionEstimator)
     hs_alpha: float = 15.0  # Horn-Schunck smoothness weight (intensities on a 0..255 scale)
     hs_iterations: int = 60  # Jacobi iterations per warp
     hs_warps: int = 3  # re-linearisations per pyramid level
@@ -182,12 +183,17 @@ class MotionEstimator(nn.Module):
     the cost), then one stride-2 level per further entry of ``channels``; decoder: bilinear 2x upsampling,
     concatenation with the skip, two convs; head: 3x3 conv to (flow x, flow y, raw scale), bilinearly upsampled to
     the input size, its flow read as pixels of the input and converted to normalised units.
+
+    Both head outputs are gained (``flow_gain``, ``scale_gain``). The features reaching the head are small (~0.03 at
+    PyTorch's default init): an ungained flow moved too slowly (0.1-0.5 px after 150 Adam steps at lr 2e-3 on
+    bikes.mp4 at 32x80, where Horn-Schunck finds ~1.6 px), and the photometric loss was lowered mostly by the gained
+    scale, i.e. by blurring the keyframe instead of moving it.
     """
 
     def __init__(self, cfg: MotionConfig):
         super().__init__()
         ch = list(cfg.channels)
-        self.scale_offset, self.scale_gain = cfg.scale_offset, cfg.scale_gain
+        self.scale_offset, self.scale_gain, self.flow_gain = cfg.scale_offset, cfg.scale_gain, cfg.flow_gain
         self.stem = nn.Sequential(ConvAct(6, ch[0], stride=2), ConvAct(ch[0], ch[0]))
         self.down = nn.ModuleList([nn.Sequential(ConvAct(ch[i - 1], ch[i], stride=2), ConvAct(ch[i], ch[i]))
                                    for i in range(1, len(ch))])
@@ -195,6 +201,11 @@ class MotionEstimator(nn.Module):
                                  for i in range(len(ch) - 1, 0, -1)])
         self.head = nn.Conv2d(ch[0], 3, 3, 1, 1)
         self.multiple = 2 ** len(ch)
+        # zero biases: PyTorch's default U(+-1/sqrt(fan_in)) biases are as large as the activations they add to (~0.03),
+        # so at init the features were mostly input-independent offsets (zeroing them draws nothing: same RNG stream)
+        for conv in self.modules():
+            if isinstance(conv, nn.Conv2d):
+                nn.init.zeros_(conv.bias)
         # zero head: zero flow and scale softplus(-offset) ~ 0 at init, so W(x_0, M(x_t, x_0)) starts as x_0
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -213,8 +224,8 @@ class MotionEstimator(nn.Module):
             y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             y = block(torch.cat([y, skip], dim=1))
         out = F.interpolate(self.head(y), scale_factor=2, mode="bilinear", align_corners=False)[..., :h, :w]
-        # the head speaks pixels and (gained) levels, so Adam's ~lr-sized steps move it at a useful pace
-        flow = flow_px_to_norm(out[:, :2])
+        # the head speaks (gained) pixels and (gained) levels, so Adam's ~lr-sized steps move both at a useful pace
+        flow = flow_px_to_norm(self.flow_gain * out[:, :2])
         scale = F.softplus(self.scale_gain * out[:, 2:] - self.scale_offset)
         return torch.cat([flow, scale], dim=1)
 
@@ -316,7 +327,8 @@ class MotionModule(nn.Module):
         state, record = load_weights(path)
         saved = (record or {}).get("motion")
         if saved is not None:
-            for key in ("channels", "sigma0", "num_levels", "scale_offset", "scale_gain"):
+            saved = {"flow_gain": 1.0, **saved}  # checkpoints written before flow_gain existed had an ungained flow
+            for key in ("channels", "sigma0", "num_levels", "scale_offset", "scale_gain", "flow_gain"):
                 if key in saved and saved[key] != getattr(self.config, key):
                     raise ValueError(f"{path}: motion module was trained with {key}={saved[key]}, this model has "
                                      f"{key}={getattr(self.config, key)}")
