@@ -28,22 +28,18 @@ def test_config_yaml_and_overrides(tmp_path):
     assert (cfg.name, cfg.steps, cfg.optim.lr, tuple(cfg.optim.betas)) == ("y", 5, 0.5, (0.5, 0.9))
 
 
-def test_config_unknown_key_names_key_file_and_valid_keys(tmp_path):
+@pytest.mark.parametrize("text,what", [("optim:\n  lrr: 0.5\n", "unknown key 'optim.lrr'"),
+                                       ("optim:\n  lr: fast\n", "invalid value 'optim.lr'")])
+def test_config_errors_name_key_file_and_valid_keys(tmp_path, text, what):
     f = tmp_path / "c.yaml"
-    f.write_text("optim:\n  lrr: 0.5\n")
+    f.write_text(text)
     with pytest.raises(ConfigError) as err:
         load_config(_Cfg, f)
     msg = str(err.value)
-    assert "optim.lrr" in msg and str(f) in msg and "betas, lr" in msg
+    assert what in msg and str(f) in msg and "betas, lr" in msg and "reference_type" not in msg
 
 
-def test_config_wrong_type_names_key_source_and_valid_keys(tmp_path):
-    f = tmp_path / "c.yaml"
-    f.write_text("optim:\n  lr: fast\n")
-    with pytest.raises(ConfigError) as err:
-        load_config(_Cfg, f)
-    msg = str(err.value)
-    assert "invalid value 'optim.lr'" in msg and str(f) in msg and "betas, lr" in msg and "reference_type" not in msg
+def test_override_errors_name_the_override_and_valid_keys():
     with pytest.raises(ConfigError, match=r"(?s)'steps'.*override 'steps=many'.*name, optim, steps"):
         load_config(_Cfg, None, ["steps=many"])
 
