@@ -1,4 +1,8 @@
-"""Frechet Video Distance under a written, seeded protocol (FVD16 = StyleGAN-V's ``fvd2048_16f``).
+"""Frechet Video Distance under a written, seeded protocol.
+
+Protocols by name: ``fvd16`` = StyleGAN-V's ``fvd2048_16f`` (real clips at stride 1); ``fvd16_latte`` = the copy of
+it Latte evaluated with (real clips every 3rd frame, Latte's training frame interval; Latte used the TorchScript
+detector); ``fvd128`` = StyleGAN-V's ``fvd2048_128f``.
 
 Library::
 
@@ -19,8 +23,9 @@ The protocol (see README, "Evaluation"):
   (or unreadable) is skipped; each accepted video gets a start offset uniform in ``[0, n - span]`` from
   ``default_rng([seed, 1])``; the walk stops at ``num_real`` clips;
 - generated clips: the first ``num_fake`` files / frame folders in natural name order, frames ``0, s, .., (F-1) s``;
-- every clip: centre crop to a square, bilinear resize to 224 x 224 (``align_corners=False``, no antialias, as the
-  StyleGAN-V detector resizes), values in [0, 255] handed to the detector (which maps them to [-1, 1]);
+- every clip: centre crop to a square, bilinear resize to 224 x 224 (``align_corners=False``; antialiased when
+  downscaling, as StyleGAN-V's dataset preparation downscales with a Lanczos filter before its detector sees a
+  frame), values in [0, 255] handed to the detector (which maps them to [-1, 1]);
 - features: 400-d I3D logits averaged over time; float64 mean and biased covariance (divide by N);
 - distance: clean-fid's ``frechet_distance`` (``scipy.linalg.sqrtm``, real part).
 """
@@ -61,7 +66,7 @@ SELECTION_RULE = (
     "default_rng([seed, 1]).integers(0, n_frames - span + 1) per accepted video; stop at num_real clips. "
     "fake: the first num_fake files / frame folders in natural name order, frames 0, s, .., (num_frames - 1) s.")
 PREPROCESSING = ("centre crop to a square; bilinear resize to resolution x resolution (align_corners=False, "
-                 "no antialias); [0, 255] -> [-1, 1]")
+                 "antialiased when downscaling); [0, 255] -> [-1, 1]")
 
 
 # ------------------------------------------------------------------------------------------------------ protocol
@@ -108,12 +113,26 @@ class FVDProtocol:
 
 
 PROTOCOLS = {
-    "fvd16": FVDProtocol("fvd16"),  # StyleGAN-V fvd2048_16f: the protocol of the Latte / DeCo-VAE tables
+    "fvd16": FVDProtocol("fvd16"),  # StyleGAN-V fvd2048_16f: real clips at stride 1
+    # Latte's copy of StyleGAN-V's evaluation (realdata_subsample_factor=3 for UCF101 / SkyTimelapse): real clips
+    # every 3rd frame, as Latte trains; generated clips at stride 1. Latte ran it with the TorchScript detector.
+    "fvd16_latte": FVDProtocol("fvd16_latte", real_stride=3),
     "fvd128": FVDProtocol("fvd128", num_frames=128),  # StyleGAN-V fvd2048_128f
 }
+# The detector each published protocol was run with (a different one gives a number not comparable to theirs).
+PUBLISHED_DETECTOR = {"fvd16": "i3d_torchscript", "fvd16_latte": "i3d_torchscript", "fvd128": "i3d_torchscript"}
 
 
-fvd16, fvd128 = PROTOCOLS["fvd16"], PROTOCOLS["fvd128"]  # the protocol objects by their published names
+fvd16, fvd16_latte, fvd128 = PROTOCOLS["fvd16"], PROTOCOLS["fvd16_latte"], PROTOCOLS["fvd128"]  # by published name
+
+
+def protocol_for_run(num_frames: int, frame_interval: int) -> FVDProtocol:
+    """The protocol a Latte run is evaluated under: real clips at the run's frame interval (so generated clips,
+    which move at that interval, are compared with real clips moving the same way). Interval 3 with 16 frames is
+    Latte's UCF101 / SkyTimelapse recipe: ``fvd16_latte``; interval 1: ``fvd16``; others: ``fvd16[real_stride=k]``."""
+    base = "fvd16_latte" if frame_interval == 3 else "fvd16"
+    protocol = PROTOCOLS[base]
+    return protocol.with_overrides(real_stride=frame_interval) if frame_interval != protocol.real_stride else protocol
 
 
 def get_protocol(protocol: str | FVDProtocol, **overrides: Any) -> FVDProtocol:
@@ -221,8 +240,12 @@ def fake_clips(sources: Sequence[str | Path], protocol: FVDProtocol) -> list[Cli
     return clips
 
 
-def prepare_clip(frames: torch.Tensor, resolution: int) -> torch.Tensor:
-    """uint8 (T, H, W, C) -> float32 (3, T, resolution, resolution) with values in [0, 255] (centre crop, resize)."""
+def prepare_clip(frames: torch.Tensor, resolution: int, antialias: bool = True) -> torch.Tensor:
+    """uint8 (T, H, W, C) -> float32 (3, T, resolution, resolution) with values in [0, 255] (centre crop, resize).
+
+    Downscaling is antialiased (torch's bilinear with the filter widened by the scale factor, PIL's "bilinear"
+    reduction); ``antialias=False`` is the old point-sampled path (kept for the benchmark that measures it).
+    """
     x = rearrange(frames, "t h w c -> t c h w").float()
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)  # grey -> RGB, as StyleGAN-V repeats the channel
@@ -230,7 +253,8 @@ def prepare_clip(frames: torch.Tensor, resolution: int) -> torch.Tensor:
     s = min(h, w)
     x = x[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]  # centre square crop
     if s != resolution:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=False)
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                          antialias=antialias and s > resolution)
     return rearrange(x, "t c h w -> c t h w").contiguous()
 
 
@@ -566,7 +590,7 @@ class FVDConfig:
     fake_stride: Optional[int] = None
     resolution: Optional[int] = None
     seed: Optional[int] = None
-    detector: str = "i3d_pt"  # i3d_pt | i3d_torchscript | random
+    detector: str = "i3d_pt"  # i3d_pt | i3d_torchscript | i3d_rgb_imagenet | random
     detector_path: Optional[str] = None  # else $VIDTOK_I3D_PATH
     batch_size: int = 8
     num_workers: int = 2
