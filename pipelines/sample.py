@@ -1,4 +1,4 @@
-"""Sample videos from a trained Latte run, decode them with the run's VAE, write mp4 + JSON sidecars, score FVD16.
+"""Sample videos from a trained Latte run, decode them with the run's VAE, write mp4 + JSON sidecars, score FVD.
 
     python pipelines/sample.py --vae deco --ckpt runs/latte-ucf101-deco --num-videos 2048 --fvd \
         --detector i3d_pt --detector-path i3d_pretrained_400.pt
@@ -13,6 +13,12 @@ indices ``r, r + W, ...``). Files: ``OUT/videos/NNNNNN.mp4`` (+ ``.json`` sideca
 cfg, checkpoint, VAE fingerprint), ``OUT/sample_settings.json`` (what every video in the folder shares; another
 setting into the same folder is refused), ``OUT/grid.gif`` (``--gif-grid``), ``OUT/fvd.json`` (``--fvd``).
 Re-running the same command skips every video whose mp4 and matching sidecar exist.
+
+FVD (``--fvd``) is computed under the run's protocol unless ``--fvd-protocol`` names one: real clips at the run's
+frame interval (Latte's UCF101 recipe, every 3rd frame: ``fvd16_latte``), printed and recorded in ``fvd.json``
+with the reason. mp4s are written at x264 CRF 5 under ``fvd16_latte`` (Latte's imageio quality 9), else CRF 18
+(``--crf``). ``--seeds 0,1,2`` samples one set per seed into ``OUT/seed-<s>/`` and records each FVD, their mean
+and standard deviation in ``OUT/fvd.json``.
 """
 from __future__ import annotations
 
@@ -36,6 +42,8 @@ from tokenizer.training.state import derive_seed
 SAMPLERS = ("ddpm", "ddim")
 LABEL_RULES = ("uniform", "balanced")
 SETTINGS_FILE = "sample_settings.json"
+DEFAULT_CRF = 18
+LATTE_CRF = 5  # Latte writes its samples with imageio quality 9, which ffmpeg's libx264 maps to about CRF 5
 VIDEO_DIR = "videos"
 
 
@@ -295,19 +303,22 @@ class SampleSettings:
     num_frames: int
     fps: float
     latent_shape: list = field(default_factory=list)
+    crf: int = DEFAULT_CRF  # x264 constant rate factor of the mp4s (FVD is computed from these files)
 
     def diff(self, other: dict) -> list[str]:
         mine = json.loads(json.dumps(asdict(self)))
+        other = {"crf": DEFAULT_CRF, **other}  # folders written before crf was recorded used the default
         return [f"{k}: folder has {other.get(k)!r}, this run has {v!r}" for k, v in mine.items() if other.get(k) != v]
 
 
 def make_settings(source: "LatteSource", sampler: str, steps: int, cfg_scale: float, labels: str | Sequence[int],
-                  seed: int, fps: float) -> SampleSettings:
+                  seed: int, fps: float, crf: int = DEFAULT_CRF) -> SampleSettings:
     return SampleSettings(
         checkpoint=source.checkpoint, weights=source.which, model_fingerprint=source.model_fingerprint,
         vae=source.vae_name, vae_fingerprint=source.vae_fingerprint, sampler=sampler, steps=int(steps),
         cfg_scale=float(cfg_scale), labels=labels if isinstance(labels, str) else list(map(int, labels)),
-        seed=int(seed), num_frames=source.num_frames, fps=float(fps), latent_shape=list(source.latent_shape))
+        seed=int(seed), num_frames=source.num_frames, fps=float(fps), latent_shape=list(source.latent_shape),
+        crf=int(crf))
 
 
 def check_out_dir(out: Path, settings: SampleSettings) -> None:
@@ -384,7 +395,8 @@ def write_grid(out: Path, indices: Sequence[int], fps: float, max_videos: int = 
 def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler: str = "ddpm", steps: int = 250,
                   cfg_scale: float = 1.0, labels: str | Sequence[int] = "uniform", seed: int = 0,
                   batch_size: int = 4, fps: float = 8.0, gif_grid: bool = False, progress: bool = True,
-                  rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu") -> dict:
+                  rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
+                  crf: int = DEFAULT_CRF) -> dict:
     """Sample videos ``0 .. num_videos - 1`` into ``out`` (this process: indices ``rank, rank + W, ...``).
 
     Returns ``{"written": [...], "skipped": [...], "paths": [mp4 of every index], "settings": ...}``; videos already
@@ -399,7 +411,7 @@ def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler
         raise SampleError(f"unknown sampler '{sampler}': choose {', '.join(SAMPLERS)}")
     if num_videos < 1 or batch_size < 1 or steps < 1:
         raise SampleError("--num-videos, --batch-size and --steps must be >= 1")
-    settings = make_settings(source, sampler, steps, cfg_scale, labels, seed, fps)
+    settings = make_settings(source, sampler, steps, cfg_scale, labels, seed, fps, crf)
     check_out_dir(out, settings)
     if not (out / SETTINGS_FILE).is_file():  # every rank: same content, atomic, before its first video
         write_json(out / SETTINGS_FILE, asdict(settings))
@@ -415,7 +427,7 @@ def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler
                               sampler, steps, cfg_scale, device)
         for i, video in zip(batch, videos):
             mp4, meta = video_paths(out, i)
-            write_video(mp4, video_to_uint8(video), fps=fps)  # atomic; the sidecar after it marks it done
+            write_video(mp4, video_to_uint8(video), fps=fps, crf=crf)  # atomic; the sidecar marks it done
             write_json(meta, expected[i])
         bar.update(len(batch))
     bar.close()
@@ -425,14 +437,24 @@ def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler
                 settings=settings, grid=grid)
 
 
-def fvd_record(result: Any, source: LatteSource, settings: SampleSettings, num_videos: int) -> dict:
-    """What ``OUT/fvd.json`` holds; :mod:`pipelines.report` reads it (``kind: latte_fvd``)."""
+def fvd_record(result: Any, source: LatteSource, settings: SampleSettings, num_videos: int,
+               protocol_choice: str = "", per_seed: Sequence[tuple[int, Any]] = ()) -> dict:
+    """What ``OUT/fvd.json`` holds; :mod:`pipelines.report` reads it (``kind: latte_fvd``). With several sample
+    seeds (``per_seed``: (seed, result) pairs), ``seeds`` holds each FVD, their mean and standard deviation
+    (ddof 1) and ``fvd`` the first seed's full result (the protocol they share)."""
     c, t, h, w = source.latent_shape
     s = source.vae.compression[1]
-    return dict(kind="latte_fvd", vae=source.vae_name, vae_fingerprint=source.vae_fingerprint,
-                latent_shape=[c, t, h, w], clip_shape=[3, source.num_frames, h * s, w * s],
-                checkpoint=source.checkpoint, weights=source.which, train_steps=source.train_steps,
-                num_videos=num_videos, settings=asdict(settings), fvd=result.to_dict())
+    record = dict(kind="latte_fvd", vae=source.vae_name, vae_fingerprint=source.vae_fingerprint,
+                  latent_shape=[c, t, h, w], clip_shape=[3, source.num_frames, h * s, w * s],
+                  latent_channels=c, compression=list(source.vae.compression),
+                  checkpoint=source.checkpoint, weights=source.which, train_steps=source.train_steps,
+                  num_videos=num_videos, settings=asdict(settings), protocol_choice=protocol_choice,
+                  fvd=result.to_dict())
+    if len(per_seed) > 1:
+        values = [float(r.fvd) for _, r in per_seed]
+        record["seeds"] = dict(seeds=[int(k) for k, _ in per_seed], values=values, mean=float(np.mean(values)),
+                               std=float(np.std(values, ddof=1)), lines=[r.line() for _, r in per_seed])
+    return record
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
@@ -451,16 +473,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance on eps (default: 7.0 for class-conditional runs, 1.0 otherwise)")
     p.add_argument("--labels", default="uniform", help="uniform | balanced | comma list of class indices or names")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", help="several sample seeds, e.g. 0,1,2: one set of videos per seed (OUT/seed-<s>/), "
+                                   "one FVD each; fvd.json holds their mean and spread (overrides --seed)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out", default=None, help="output folder (default: RUN/samples/<sampler>-<steps>-cfg<scale>)")
     p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--crf", type=int, default=None,
+                   help=f"x264 CRF of the mp4s (default: {LATTE_CRF}, Latte's quality, under the fvd16_latte protocol; "
+                        f"{DEFAULT_CRF} otherwise)")
     p.add_argument("--gif-grid", action="store_true", help="also write a GIF grid of the first 16 videos")
-    p.add_argument("--fvd", action="store_true", help="FVD16 against the run's dataset after sampling")
-    p.add_argument("--fvd-protocol", default="fvd16")
+    p.add_argument("--fvd", action="store_true", help="FVD against the run's dataset after sampling")
+    p.add_argument("--fvd-protocol", default="auto",
+                   help="auto (default): the run's protocol, real clips at its frame interval (Latte's UCF101 recipe, "
+                        "interval 3: fvd16_latte; interval 1: fvd16); or a protocol name (fvd16, fvd16_latte, fvd128)")
     p.add_argument("--fvd-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a protocol field (e.g. num_real=512); the result's protocol name records it")
     p.add_argument("--fvd-real", help="real videos for FVD (data config YAML or folder); default: the run's data")
-    p.add_argument("--detector", default="i3d_pt", help="i3d_pt | i3d_torchscript | random (labelled)")
+    p.add_argument("--detector", default="i3d_pt",
+                   help="i3d_pt | i3d_torchscript | i3d_rgb_imagenet (labelled) | random (labelled)")
     p.add_argument("--detector-path", help="detector weights file (else $VIDTOK_I3D_PATH)")
     p.add_argument("--fvd-stats-dir", default="outputs/fvd_stats", help="cache of real-data statistics")
     p.add_argument("--model", help="released checkpoint only: Latte preset, e.g. Latte-XL/2")
@@ -472,10 +502,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fvd_args(args: argparse.Namespace, source: LatteSource, device: torch.device) -> tuple[Any, Any, Any]:
+def run_protocol(name: str, source: LatteSource) -> tuple[Any, str]:
+    """The FVD protocol ``--fvd-protocol`` names and why: ``auto`` takes the run's frame interval as the real
+    stride (generated clips move at that interval, so the real ones must too)."""
+    from pipelines.fvd import get_protocol, protocol_for_run
+
+    if name != "auto":
+        return get_protocol(name), f"--fvd-protocol {name}"
+    if source.data_config is not None:
+        interval = int(source.data_config.frame_interval)
+        return (protocol_for_run(16, interval),
+                f"auto: real clips at the run's frame interval {interval} (its data config)")
+    if source.which == "file":  # a released Latte checkpoint: Latte's recipe samples every 3rd frame
+        return protocol_for_run(16, 3), "auto: a released Latte checkpoint, trained on every 3rd frame"
+    return protocol_for_run(16, 1), "auto: the run records no data config; real clips at stride 1"
+
+
+def _fvd_args(args: argparse.Namespace, source: LatteSource, device: torch.device) -> tuple[Any, Any, Any, str]:
     """Validate the FVD request before any sampling: protocol, detector file, real data."""
     from pipelines.fvd import get_protocol
     from pipelines.i3d import build_detector
+    from tokenizer.config import ConfigError
 
     overrides = {}
     for item in args.fvd_set:
@@ -487,20 +534,26 @@ def _fvd_args(args: argparse.Namespace, source: LatteSource, device: torch.devic
         except ValueError:
             raise SampleError(f"--fvd-set {key}: expects a whole number, got {value!r}") from None
     try:
-        protocol = get_protocol(args.fvd_protocol, **overrides)
+        base, why = run_protocol(args.fvd_protocol, source)
+        protocol = get_protocol(base, **overrides)
+    except ConfigError as err:
+        raise SampleError(f"--fvd-protocol: {err}") from None
     except (TypeError, ValueError) as err:
         raise SampleError(f"--fvd-set: {err}") from None
     frames_needed = (protocol.num_frames - 1) * protocol.fake_stride + 1
     if source.num_frames < frames_needed:
+        fits = (source.num_frames - 1) // protocol.fake_stride + 1
         raise SampleError(f"FVD protocol {protocol.name} needs {frames_needed} frames per generated video; this run "
-                          f"makes {source.num_frames}")
+                          f"makes {source.num_frames}. Either score the frames it makes with --fvd-set "
+                          f"num_frames={fits} (an FVD{fits}: its own protocol, not comparable to published "
+                          f"FVD{protocol.num_frames}), or train on clips of at least {frames_needed} frames")
     real = args.fvd_real or source.data_config
     if real is None:
         raise SampleError("--fvd: the checkpoint records no dataset; give the real videos with --fvd-real")
     if isinstance(real, str) and not Path(real).exists():
         raise SampleError(f"--fvd-real: no such data config or folder: {real}")
     detector = build_detector(args.detector, args.detector_path, device)  # a missing weights file stops here
-    return protocol, detector, real
+    return protocol, detector, real, why
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -525,8 +578,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SampleError(f"--out {out} exists and is not a folder")
         if args.num_videos < 1 or args.batch_size < 1 or args.steps < 1:
             raise SampleError("--num-videos, --batch-size and --steps must be >= 1")
-        check_out_dir(out, make_settings(source, args.sampler, args.steps, cfg_scale, labels, args.seed, args.fps))
+        seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
         fvd = _fvd_args(args, source, device) if args.fvd else None
+        crf = args.crf if args.crf is not None else (
+            LATTE_CRF if fvd is not None and fvd[0].name.split("[")[0] == "fvd16_latte" else DEFAULT_CRF)
+        if not 0 <= crf <= 51:
+            raise SampleError(f"--crf {crf}: x264 takes 0 (lossless) .. 51")
+        outs = {seed: out if len(seeds) == 1 else out / f"seed-{seed}" for seed in seeds}
+        for seed, folder in outs.items():
+            check_out_dir(folder, make_settings(source, args.sampler, args.steps, cfg_scale, labels, seed, args.fps,
+                                                crf))
     except (SampleError, SourceError, ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -534,35 +595,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolved = dict(checkpoint=source.checkpoint, weights=source.which, vae=source.vae_name,
                         vae_fingerprint=source.vae_fingerprint, latent_shape=list(source.latent_shape),
                         num_frames=source.num_frames, num_classes=source.num_classes, num_videos=args.num_videos,
-                        sampler=args.sampler, steps=args.steps, cfg_scale=cfg_scale, labels=labels, seed=args.seed,
-                        batch_size=args.batch_size, processes=state.num_processes, out=str(out),
-                        fvd=None if fvd is None else dict(protocol=fvd[0].name, detector=fvd[1].info.to_dict(),
-                                                          real=str(fvd[2])))
+                        sampler=args.sampler, steps=args.steps, cfg_scale=cfg_scale, labels=labels, seeds=seeds,
+                        batch_size=args.batch_size, processes=state.num_processes, out=str(out), crf=crf,
+                        fvd=None if fvd is None else dict(protocol=fvd[0].to_dict(), why=fvd[3],
+                                                          detector=fvd[1].info.to_dict(), real=str(fvd[2])))
         print("--- resolved sampling settings ---\n" + json.dumps(resolved, indent=2, default=str) + "\n---")
+        if fvd is not None:
+            print(f"FVD protocol: {fvd[0].name} ({fvd[3]}; real stride {fvd[0].real_stride}, {fvd[0].num_frames} "
+                  f"frames, {fvd[0].resolution} px), detector {fvd[1].info.name}")
     if args.dry_run:
         return 0
-    try:
-        result = sample_videos(source, out, args.num_videos, args.sampler, args.steps, cfg_scale, labels, args.seed,
-                               args.batch_size, args.fps, gif_grid=False, rank=state.process_index,
-                               world_size=state.num_processes, device=device)
-    except SampleError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    state.wait_for_everyone()  # every rank's videos are on disk
-    if state.is_main_process:
-        grid = write_grid(out, range(args.num_videos), args.fps) if args.gif_grid else None
-        print(f"{args.num_videos} videos in {out / VIDEO_DIR} ({len(result['skipped'])} already there on this rank)"
-              + (f"; grid {grid}" if grid else ""))
-    if fvd is not None:
-        from pipelines.fvd import compute_fvd
-
-        protocol, detector, real = fvd
-        res = compute_fvd(real, [str(p) for p in result["paths"]], protocol, detector, batch_size=args.batch_size,
-                          device=device, cache_dir=args.fvd_stats_dir, out=None)
+    per_seed = []
+    for seed, folder in outs.items():
+        try:
+            result = sample_videos(source, folder, args.num_videos, args.sampler, args.steps, cfg_scale, labels, seed,
+                                   args.batch_size, args.fps, gif_grid=False, rank=state.process_index,
+                                   world_size=state.num_processes, device=device, crf=crf)
+        except SampleError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        state.wait_for_everyone()  # every rank's videos are on disk
         if state.is_main_process:
-            write_json(out / "fvd.json", fvd_record(res, source, result["settings"], args.num_videos))
-            print(f"FVD result saved to {out / 'fvd.json'}")
+            grid = write_grid(folder, range(args.num_videos), args.fps) if args.gif_grid else None
+            print(f"{args.num_videos} videos in {folder / VIDEO_DIR} ({len(result['skipped'])} already there on this "
+                  "rank)" + (f"; grid {grid}" if grid else ""))
+        if fvd is not None:
+            from pipelines.fvd import compute_fvd
+
+            protocol, detector, real, _ = fvd
+            res = compute_fvd(real, [str(p) for p in result["paths"]], protocol, detector, batch_size=args.batch_size,
+                              device=device, cache_dir=args.fvd_stats_dir, out=None)
+            per_seed.append((seed, res, result["settings"]))
+    if per_seed and state.is_main_process:
+        seed0, res0, settings0 = per_seed[0]
+        record = fvd_record(res0, source, settings0, args.num_videos, fvd[3], [(k, r) for k, r, _ in per_seed])
+        write_json(out / "fvd.json", record)
+        if len(per_seed) > 1:
+            spread = record["seeds"]
+            print(f"FVD{protocol.num_frames} ({protocol.name}) over sample seeds {spread['seeds']}: "
+                  f"{spread['mean']:.4f} ± {spread['std']:.4f} (std, ddof 1)")
+        print(f"FVD result saved to {out / 'fvd.json'}")
     return 0
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` -> [0, 1, 2] (distinct whole numbers, in the given order)."""
+    try:
+        seeds = [int(tok) for tok in text.split(",") if tok.strip()]
+    except ValueError:
+        raise SampleError(f"--seeds expects comma-separated whole numbers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SampleError(f"--seeds expects distinct whole numbers, got {text!r}")
+    return seeds
 
 
 if __name__ == "__main__":
