@@ -23,9 +23,9 @@ The protocol (see README, "Evaluation"):
   (or unreadable) is skipped; each accepted video gets a start offset uniform in ``[0, n - span]`` from
   ``default_rng([seed, 1])``; the walk stops at ``num_real`` clips;
 - generated clips: the first ``num_fake`` files / frame folders in natural name order, frames ``0, s, .., (F-1) s``;
-- every clip: centre crop to a square, bilinear resize to 224 x 224 (``align_corners=False``; antialiased when
-  downscaling, as StyleGAN-V's dataset preparation downscales with a Lanczos filter before its detector sees a
-  frame), values in [0, 255] handed to the detector (which maps them to [-1, 1]);
+- every clip: centre crop to a square, resize to 224 x 224: downscaling with PIL's Lanczos filter on the uint8
+  frames (StyleGAN-V's dataset preparation filter: antialiased), upscaling bilinear (``align_corners=False``);
+  values in [0, 255] handed to the detector (which maps them to [-1, 1]);
 - features: 400-d I3D logits averaged over time; float64 mean and biased covariance (divide by N);
 - distance: clean-fid's ``frechet_distance`` (``scipy.linalg.sqrtm``, real part).
 """
@@ -65,8 +65,8 @@ SELECTION_RULE = (
     "a video shorter than (num_frames - 1) * real_stride + 1 frames, or unreadable, is skipped; start offset "
     "default_rng([seed, 1]).integers(0, n_frames - span + 1) per accepted video; stop at num_real clips. "
     "fake: the first num_fake files / frame folders in natural name order, frames 0, s, .., (num_frames - 1) s.")
-PREPROCESSING = ("centre crop to a square; bilinear resize to resolution x resolution (align_corners=False, "
-                 "antialiased when downscaling); [0, 255] -> [-1, 1]")
+PREPROCESSING = ("centre crop to a square; resize to resolution x resolution: PIL Lanczos on uint8 frames when "
+                 "downscaling, bilinear (align_corners=False) when upscaling; [0, 255] -> [-1, 1]")
 
 
 # ------------------------------------------------------------------------------------------------------ protocol
@@ -240,21 +240,39 @@ def fake_clips(sources: Sequence[str | Path], protocol: FVDProtocol) -> list[Cli
     return clips
 
 
-def prepare_clip(frames: torch.Tensor, resolution: int, antialias: bool = True) -> torch.Tensor:
+RESIZE_MODES = ("lanczos", "bilinear_aa", "bilinear")
+
+
+def lanczos_resize(frames: np.ndarray, resolution: int) -> np.ndarray:
+    """uint8 (T, S, S, 3) -> uint8 (T, r, r, 3) with PIL's Lanczos filter (a = 3, widened by the scale factor when
+    downscaling), as StyleGAN-V's dataset preparation resizes frames."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(f).resize((resolution, resolution), Image.LANCZOS)) for f in frames])
+
+
+def prepare_clip(frames: torch.Tensor, resolution: int, resize: str = "lanczos") -> torch.Tensor:
     """uint8 (T, H, W, C) -> float32 (3, T, resolution, resolution) with values in [0, 255] (centre crop, resize).
 
-    Downscaling is antialiased (torch's bilinear with the filter widened by the scale factor, PIL's "bilinear"
-    reduction); ``antialias=False`` is the old point-sampled path (kept for the benchmark that measures it).
+    Downscaling (``resize="lanczos"``, the protocol's): PIL Lanczos on the uint8 frames, the filter StyleGAN-V
+    prepares its datasets with (antialiased: no aliasing of 720p sources). Upscaling, and the modes kept for the
+    benchmark that measures them: torch bilinear, ``align_corners=False``, antialiased (``bilinear_aa``, the
+    triangle filter widened by the scale factor) or point-sampled (``bilinear``, this toolkit's old path).
     """
-    x = rearrange(frames, "t h w c -> t c h w").float()
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)  # grey -> RGB, as StyleGAN-V repeats the channel
-    h, w = x.shape[-2:]
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"unknown resize '{resize}': choose one of {', '.join(RESIZE_MODES)}")
+    if frames.shape[-1] == 1:
+        frames = frames.expand(-1, -1, -1, 3)  # grey -> RGB, as StyleGAN-V repeats the channel
+    h, w = frames.shape[1:3]
     s = min(h, w)
-    x = x[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]  # centre square crop
+    crop = frames[:, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]  # centre square crop
+    if s > resolution and resize == "lanczos" and crop.dtype == torch.uint8:
+        small = torch.from_numpy(lanczos_resize(crop.contiguous().numpy(), resolution))  # t r r c uint8
+        return rearrange(small, "t h w c -> c t h w").float().contiguous()
+    x = rearrange(crop, "t h w c -> t c h w").float()
     if s != resolution:
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
-                          antialias=antialias and s > resolution)
+                          antialias=resize != "bilinear" and s > resolution)
     return rearrange(x, "t c h w -> c t h w").contiguous()
 
 
@@ -375,7 +393,7 @@ class RealSource:
             return ""
         return (f"the data config's clips ({self.data_clip[0]} frames every {self.data_clip[1]}) are not used: FVD "
                 f"takes only its list of videos; real clips follow protocol {protocol.name} ({protocol.num_frames} "
-                f"frames every {protocol.real_stride}; real_stride=3 reproduces Latte's evaluation)")
+                f"frames every {protocol.real_stride}; protocol fvd16_latte (real stride 3) is Latte's evaluation)")
 
 
 def _listing_digest(videos: Sequence[str | Path], root: str | Path | None) -> str:

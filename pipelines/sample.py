@@ -552,7 +552,10 @@ def _fvd_args(args: argparse.Namespace, source: LatteSource, device: torch.devic
         raise SampleError("--fvd: the checkpoint records no dataset; give the real videos with --fvd-real")
     if isinstance(real, str) and not Path(real).exists():
         raise SampleError(f"--fvd-real: no such data config or folder: {real}")
-    detector = build_detector(args.detector, args.detector_path, device)  # a missing weights file stops here
+    try:
+        detector = build_detector(args.detector, args.detector_path, device)  # a missing weights file stops here
+    except ValueError as err:  # an unknown name, or rgb_imagenet.pt given as i3d_pt
+        raise SampleError(f"--detector: {err}") from None
     return protocol, detector, real, why
 
 

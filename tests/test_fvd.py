@@ -17,7 +17,8 @@ import torch
 from pipelines import fvd
 from pipelines.fvd import (FVDProtocol, InceptionI3d, compute_fvd, extract_features, feature_stats,
                            frechet_distance, get_protocol, select_real_clips)
-from pipelines.i3d import RANDOM_LABEL, I3DDetector, build_detector, build_random, same_padding
+from pipelines.i3d import (RANDOM_LABEL, RGB_IMAGENET_LABEL, I3DDetector, build_detector, build_random,
+                           same_padding)
 
 TINY = dict(num_frames=8, resolution=32)
 
@@ -98,6 +99,17 @@ def test_i3d_checkpoint_names_strict_load_and_features(tmp_path, detector, monke
     torch.save({k: v for k, v in state.items() if k != "Mixed_4c.b2b.bn.weight"}, bad)
     with pytest.raises(RuntimeError, match="Mixed_4c.b2b.bn.weight"):
         build_detector("i3d_pt", bad)
+    # rgb_imagenet.pt holds other weights than the TF-Hub I3D: its own detector name, labelled in every result
+    other = tmp_path / "rgb_imagenet.pt"
+    torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, other)
+    with pytest.raises(ValueError, match="use detector 'i3d_rgb_imagenet'"):
+        build_detector("i3d_pt", other)
+    imagenet = build_detector("i3d_rgb_imagenet", other)
+    assert imagenet.info.label == RGB_IMAGENET_LABEL and "not comparable to published FVD" in RGB_IMAGENET_LABEL
+    videos = torch.rand(4, 3, 8, 32, 32) * 2 - 1
+    result = compute_fvd(videos, videos.flip(-1), get_protocol("fvd16", **TINY, num_real=4, num_fake=4), imagenet,
+                         cache_dir=None, out=None, progress=False, verbose=False)
+    assert result.line().startswith(RGB_IMAGENET_LABEL) and result.to_dict()["label"] == RGB_IMAGENET_LABEL
 
 
 def test_i3d_layout_is_the_public_checkpoints_name_for_name():
@@ -409,41 +421,48 @@ def test_i3d_logits_equal_piergiaj_reference_output(i3d_reference):
 
 # ------------------------------------------------------------------------------------ pixels and clip offsets
 
-def _bilinear_taps(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) resampling matrix of a bilinear resize, align_corners=False: the triangle filter, widened by
-    the scale factor when downscaling (antialiased, the PIL / torch rule), point-sampled when upscaling."""
+def _resize_taps(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) resampling matrix of the protocol's resize along one axis, written out from the filters'
+    definitions: downscaling, Lanczos a = 3 (sinc(x) sinc(x / 3)) widened by the scale factor around output
+    centre (i + 0.5) * scale, taps at input centres j + 0.5, normalised; upscaling, bilinear with
+    align_corners=False (source position (i + 0.5) * scale - 0.5, clamped at the border)."""
     scale = n_in / n_out
-    support = max(scale, 1.0)
     taps = np.zeros((n_out, n_in))
     for i in range(n_out):
-        centre = (i + 0.5) * scale  # in input pixel units, pixel j covers [j, j + 1)
-        taps[i] = np.maximum(0.0, 1.0 - np.abs(np.arange(n_in) + 0.5 - centre) / support)
-        if scale < 1:  # upscaling: the two neighbours of centre - 0.5, clamped at the border
+        centre = (i + 0.5) * scale
+        if scale > 1:
+            x = (np.arange(n_in) + 0.5 - centre) / scale
+            taps[i] = np.where(np.abs(x) < 3, np.sinc(x) * np.sinc(x / 3), 0.0)
+        else:
             src = min(max(centre - 0.5, 0.0), n_in - 1)
             lo = int(np.floor(src))
-            hi = min(lo + 1, n_in - 1)
-            taps[i] = 0
             taps[i, lo] += 1 - (src - lo)
-            taps[i, hi] += src - lo
+            taps[i, min(lo + 1, n_in - 1)] += src - lo
         taps[i] /= taps[i].sum()
     return taps
 
 
 @pytest.mark.parametrize("size, resolution", [((240, 320), 224), ((240, 320), 40), ((18, 30), 27)])
 def test_prepare_clip_resize_arithmetic(size, resolution):
-    """Centre crop then a separable bilinear resize (antialiased when downscaling) equals the written-out
-    resampling matrices applied to a real photo, for a small and a large reduction and an enlargement."""
+    """Centre crop then the separable resize equals the written-out resampling matrices applied to a real photo:
+    a small and a large reduction (Lanczos on uint8 frames: a horizontal pass, rounded to uint8, then a vertical
+    one, as PIL computes it, so within one grey level) and an enlargement (bilinear, float)."""
     from skimage import data
 
     h, w = size
     photo = torch.from_numpy(data.coffee()[:h, :w].copy())  # (h, w, 3) uint8, a real photo
     frames = torch.stack([photo, photo.flip(1)])  # (2, h, w, 3)
-    out = fvd.prepare_clip(frames, resolution)  # (3, 2, r, r)
+    out = fvd.prepare_clip(frames, resolution).double().numpy()  # (3, 2, r, r)
     s = min(h, w)
     crop = frames[:, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s].double().numpy()
-    taps = _bilinear_taps(s, resolution)
-    expected = np.einsum("ij,tjkc,lk->ctil", taps, crop, taps, optimize=True)
-    np.testing.assert_allclose(out.double().numpy(), expected, atol=5e-3)  # float32 rounding of values <= 255
+    taps = _resize_taps(s, resolution)
+    if s > resolution:
+        rows = np.clip(np.round(np.einsum("tjkc,lk->tjlc", crop, taps, optimize=True)), 0, 255)
+        expected = np.clip(np.round(np.einsum("ij,tjlc->ctil", taps, rows, optimize=True)), 0, 255)
+        assert np.abs(out - expected).max() <= 1 and np.abs(out - expected).mean() < 0.05
+    else:
+        expected = np.einsum("ij,tjkc,lk->ctil", taps, crop, taps, optimize=True)
+        np.testing.assert_allclose(out, expected, atol=5e-3)  # float32 rounding of values <= 255
 
 
 def test_real_clip_offsets_are_the_documented_draw(monkeypatch):

@@ -122,7 +122,8 @@ def test_report_one_row_per_vae_from_real_producers(inputs, tmp_path, monkeypatc
     o = cells["other-vae"]
     for col in ("params (M)", "latent shape", "compression", "encode (ms/clip)"):
         assert o[col] == MISSING, col
-    assert float(o["PSNR"].split()[0]) < float(p["PSNR"].split()[0])  # a mirrored clip is a worse reconstruction than the codec copy
+    # a mirrored clip is a worse reconstruction than the codec copy
+    assert float(o["PSNR"].split()[0]) < float(p["PSNR"].split()[0])
     assert "RANDOM-INIT I3D" in out["markdown"].read_text()
     assert out["not_plotted"] == ["other-vae"]
     # the plot: FVD16 against rFVD, one labelled point per VAE that has both, the others named in the caption
@@ -177,30 +178,36 @@ def _fvd_doc(vae: str, result, **extra) -> dict:
 
 
 def test_two_protocols_give_two_tables_or_a_refusal(inputs, pair, tmp_path, capsys):
-    """The demo-like FVD (6 frames, random I3D seed 0) and a second run's FVD under another protocol (5 frames,
-    other detector weights) never share a column: two tables, each named by its protocol, the second listing how
-    it differs; --single-table refuses and names the differences."""
+    """The demo-like FVD (6 frames, random I3D seed 0) and other runs' FVDs under another protocol -- the same
+    protocol name with other detector weights, and 5 frames -- never share a column: one table each, named by its
+    protocol, listing how it differs from the first; --single-table refuses and names the differences."""
     root, _, fvd, _ = inputs
     x, y = pair
-    other = compute_fvd(torch.cat([x, x.flip(-1), x.flip(-2)])[:, :, :5], torch.cat([y, x, y.flip(-1)])[:, :, :5],
-                        get_protocol("fvd16", num_frames=5, resolution=32), build_random(seed=1), cache_dir=None,
-                        out=None, progress=False, verbose=False)
-    run2 = tmp_path / "run2"
-    run2.mkdir()
-    (run2 / "fvd.json").write_text(json.dumps(_fvd_doc("other-vae", other, latent_shape=[8, 2, 4, 4])))
-    out = write_report([root, run2], tmp_path / "report")
+    reals, fakes = torch.cat([x, x.flip(-1), x.flip(-2)]), torch.cat([y, x, y.flip(-1)])
+    other_weights = compute_fvd(reals, fakes, fvd.protocol, build_random(seed=1), cache_dir=None, out=None,
+                                progress=False, verbose=False)
+    shorter = compute_fvd(reals[:, :, :5], fakes[:, :, :5], get_protocol("fvd16", num_frames=5, resolution=32),
+                          build_random(), cache_dir=None, out=None, progress=False, verbose=False)
+    run2, run3 = tmp_path / "run2", tmp_path / "run3"
+    for run, result in ((run2, other_weights), (run3, shorter)):
+        run.mkdir()
+        (run / "fvd.json").write_text(json.dumps(_fvd_doc("other-vae", result, latent_shape=[8, 2, 4, 4])))
+    out = write_report([root, run2, run3], tmp_path / "report")
     text = out["markdown"].read_text()
-    _, first, second = _tables(text)
-    assert first[0][3] == f"FVD6 ({fvd.protocol.name})" and second[0][3] == f"FVD5 ({other.protocol.name})"
-    assert [r[0] for r in first[1:]] == ["`plain-tiny`"] and [r[0] for r in second[1:]] == ["`other-vae`"]
-    assert second[1][3] == f"{other.fvd:.1f}{RANDOM_MARK}{INCOMPLETE_MARK}"
-    note = next(line for line in text.splitlines() if line.startswith("Not comparable with generation table 1"))
-    assert "frames: 6 vs 5" in note and "detector_sha256" in note
-    with pytest.raises(ProtocolMismatch, match="generation FVD of other-vae vs plain-tiny: .*frames: 6 vs 5"):
+    _, first, second, third = _tables(text)
+    assert first[0][3] == second[0][3] == f"FVD6 ({fvd.protocol.name})"
+    assert third[0][3] == f"FVD5 ({shorter.protocol.name})"  # never "FVD16", never the FVD6 column
+    assert [r[0] for r in first[1:]] == ["`plain-tiny`"] and [r[0] for r in third[1:]] == ["`other-vae`"]
+    assert third[1][3] == f"{shorter.fvd:.1f}{RANDOM_MARK}{INCOMPLETE_MARK}"
+    notes = [line for line in text.splitlines() if line.startswith("Not comparable with generation table 1")]
+    assert len(notes) == 2 and notes[0].count(":") == 2 and "detector_sha256" in notes[0]  # the only difference
+    assert "frames: 6 vs 5" in notes[1]
+    with pytest.raises(ProtocolMismatch, match="generation FVD of other-vae vs plain-tiny: detector_sha256"):
         write_report([root, run2], tmp_path / "refused", single_table=True)
     assert not (tmp_path / "refused").exists()  # nothing half-written
-    assert main([str(root), str(run2), "--single-table", "--out", str(tmp_path / "r2")]) == 2
-    assert "different protocols" in capsys.readouterr().err
+    assert main([str(root), str(run3), "--single-table", "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert "different protocols" in err and "frames: 6 vs 5" in err
 
 
 def test_seed_spread_and_latent_size_note(inputs, pair, tmp_path):
@@ -219,5 +226,6 @@ def test_seed_spread_and_latent_size_note(inputs, pair, tmp_path):
     _, table = _tables(text)
     cells = {r[0]: r for r in table[1:]}
     assert cells["`other-vae`"][3].startswith("12.0 ± 2.0") and cells["`other-vae`"][4] == "3"
-    assert cells["`other-vae`"][1] == f"8×2×4×4{LATENT_MARK}" and cells["`plain-tiny`"][1] == f"4×2×8×8{LATENT_MARK}"
+    assert cells["`other-vae`"][1] == f"8×2×4×4{LATENT_MARK}"
+    assert cells["`plain-tiny`"][1] == f"4×2×8×8{LATENT_MARK}"
     assert "saw latents of different sizes" in text and "standard deviation of the FVD over the sample seeds" in text
