@@ -160,7 +160,7 @@ def protocol_key(result: dict) -> dict:
     return dict(protocol=p.get("name"), frames=p.get("num_frames"), resolution=p.get("resolution"),
                 real_stride=p.get("real_stride"), fake_stride=p.get("fake_stride"), seed=p.get("seed"),
                 preprocessing=p.get("preprocessing"), detector=det.get("name"), detector_sha256=det.get("sha256"),
-                real_set=src.get("root") if isinstance(src, dict) else src,
+                real_set=(src.get("root") or src.get("kind")) if isinstance(src, dict) else src,
                 real_split=src.get("split") if isinstance(src, dict) else None,
                 real_listing_sha256=src.get("listing_sha256") if isinstance(src, dict) else None,
                 real_clips=clips.get("real"), generated_clips=clips.get("fake"))
@@ -175,8 +175,10 @@ def rfvd_key(rfvd: dict) -> dict:
 
 def differences(a: dict, b: dict) -> list[str]:
     """'key: a vs b' for every field two protocol keys disagree on."""
-    short = lambda v: v[:12] + "…" if isinstance(v, str) and len(v) > 16 else v  # noqa: E731
-    return [f"{k}: {short(a.get(k))} vs {short(b.get(k))}" for k in a if a.get(k) != b.get(k)]
+    def short(key: str, v: Any) -> Any:  # digests by their first 12 hex digits
+        return v[:12] + "…" if "sha256" in key and isinstance(v, str) else v
+
+    return [f"{k}: {short(k, a.get(k))} vs {short(k, b.get(k))}" for k in a if a.get(k) != b.get(k)]
 
 
 def _recon_values(d: dict) -> dict:
@@ -418,12 +420,13 @@ def generation_table(key: dict, gens: Sequence[GenerationResult]) -> tuple[list[
 
 def describe_protocol(key: dict) -> str:
     sha = (key.get("detector_sha256") or "?")[:12]
-    real = key.get("real_set") or "?"
+    real = f"real set {key.get('real_set') or '?'}"
+    if key.get("real_listing_sha256"):
+        real += f" (split {key.get('real_split')}, listing sha256 {key['real_listing_sha256'][:12]}…)"
     return (f"protocol `{key.get('protocol')}`: {key.get('frames')} frames, {key.get('resolution')} px, real stride "
             f"{key.get('real_stride')}, generated stride {key.get('fake_stride')}, {key.get('real_clips')} real vs "
             f"{key.get('generated_clips')} generated clips, real-clip seed {key.get('seed')}; detector "
-            f"`{key.get('detector')}` (sha256 {sha}…); real set {real} ({key.get('real_split')}, listing "
-            f"{(key.get('real_listing_sha256') or '?')[:12]}…); {key.get('preprocessing')}")
+            f"`{key.get('detector')}` (sha256 {sha}…); {real}; {key.get('preprocessing')}")
 
 
 def _md_table(header: Sequence[str], cells: Sequence[Sequence[str]]) -> list[str]:
