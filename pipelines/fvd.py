@@ -94,7 +94,8 @@ class FVDProtocol:
         return (self.num_frames - 1) * self.real_stride + 1
 
     def with_overrides(self, **changes: Any) -> "FVDProtocol":
-        """A copy with some fields changed; the name records every change (``fvd16[real_stride=3]``). An unknown
+        """A copy with some fields changed; the name records every field that differs from the named protocol
+        (``fvd16[real_stride=2]``; changed twice: one tag, ``fvd16[num_frames=8,real_stride=2]``). An unknown
         field is a ValueError naming the valid ones."""
         valid = [f.name for f in dataclasses.fields(self) if f.name != "name"]
         unknown = sorted(set(changes) - set(valid))
@@ -103,8 +104,15 @@ class FVDProtocol:
         changes = {k: v for k, v in changes.items() if v is not None and getattr(self, k) != v}
         if not changes:
             return self
-        tag = ",".join(f"{k}={v}" for k, v in sorted(changes.items()))
-        return dataclasses.replace(self, name=f"{self.name}[{tag}]", **changes)
+        base = self.name.split("[")[0]
+        new = dataclasses.replace(self, **changes)
+        ref = PROTOCOLS.get(base)
+        if ref is None:  # an ad-hoc protocol: tag this change
+            tag = ",".join(f"{k}={v}" for k, v in sorted(changes.items()))
+            return dataclasses.replace(new, name=f"{self.name}[{tag}]")
+        diffs = {k: getattr(new, k) for k in valid if getattr(new, k) != getattr(ref, k)}
+        tag = ",".join(f"{k}={v}" for k, v in sorted(diffs.items()))
+        return dataclasses.replace(new, name=f"{base}[{tag}]" if diffs else base)
 
     def to_dict(self) -> dict:
         return dict(dataclasses.asdict(self), selection=SELECTION_RULE, preprocessing=PREPROCESSING,

@@ -252,7 +252,7 @@ def test_each_invariance_alone_and_what_keys_the_cache_and_the_result_file(ucf_t
     compute_fvd(ucf_tree, fakes, detector=detector, cache_dir=None, out=tmp_path / "res",
                 **{**kw, "protocol": tiny_protocol.with_overrides(real_stride=2)})
     names = sorted(json.loads(p.read_text())["protocol"]["name"] for p in (tmp_path / "res").glob("*.json"))
-    assert names == ["fvd16[num_frames=8,resolution=32]", "fvd16[num_frames=8,resolution=32][real_stride=2]"]
+    assert names == ["fvd16[num_frames=8,real_stride=2,resolution=32]", "fvd16[num_frames=8,resolution=32]"]
 
 
 def test_fvd_published_protocols():
@@ -266,6 +266,10 @@ def test_fvd_published_protocols():
     # a run's protocol: real clips at its frame interval (Latte's UCF101 recipe: every 3rd frame -> fvd16_latte)
     assert fvd.protocol_for_run(16, 3) == fvd.fvd16_latte and fvd.protocol_for_run(16, 1) == fvd.fvd16
     assert fvd.protocol_for_run(16, 2).name == "fvd16[real_stride=2]"
+    # overrides of an overridden protocol: one tag naming every field that differs from the published protocol
+    assert get_protocol(fvd.protocol_for_run(16, 2), num_frames=8).name == "fvd16[num_frames=8,real_stride=2]"
+    assert get_protocol(fvd.fvd16_latte, num_frames=8).name == "fvd16_latte[num_frames=8]"
+    assert fvd.fvd16.with_overrides(real_stride=3).with_overrides(real_stride=1) == fvd.fvd16
     with pytest.raises(ValueError, match="unknown FVD protocol field.*num_framez; valid: num_real"):
         get_protocol("fvd16", num_framez=8)
 
