@@ -47,54 +47,6 @@ class SourceError(ValueError):
     """A checkpoint / VAE combination that cannot be sampled (wrong VAE for the run, missing file, mismatch)."""
 
 
-# ------------------------------------------------------------------------------------- the frame-wise SD VAE
-
-SD_SCALING_FACTOR = 0.18215  # Stable Diffusion's VAE; Latte multiplies its latents by it before diffusion
-
-
-class FramewiseImageVAE(torch.nn.Module):
-    """A diffusers ``AutoencoderKL`` (an image VAE) decoding a latent video frame by frame, as Latte does.
-
-    Latte's released UCF101 / SkyTimelapse checkpoints were trained on SD-VAE latents scaled by 0.18215 (4
-    channels, 8x spatial, no temporal compression); :meth:`decode` takes latents in that scaled space.
-    """
-
-    frame_rule = "in_sequence"
-
-    def __init__(self, model: torch.nn.Module, name: str = "sd", frames_per_call: int = 8):
-        super().__init__()
-        self.model, self.name, self.frames_per_call = model.eval(), name, frames_per_call
-        self.scaling_factor = float(getattr(model.config, "scaling_factor", None) or SD_SCALING_FACTOR)
-        self.latent_channels = int(model.config.latent_channels)
-        s = 2 ** (len(model.config.block_out_channels) - 1)  # one 2x downsample per block but the last
-        self.compression = (1, s, s)
-
-    @classmethod
-    def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu") -> "FramewiseImageVAE":
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise SourceError(f"--vae-path {folder}: not a diffusers AutoencoderKL folder (no config.json); the SD "
-                              "VAE Latte used is published as stabilityai/sd-vae-ft-ema (or sd-vae-ft-mse) on the "
-                              "Hugging Face Hub: download it once and pass the folder")
-        from diffusers import AutoencoderKL
-
-        return cls(AutoencoderKL.from_pretrained(str(folder)).to(device))
-
-    def num_frames(self, num_latent_frames: int) -> int:
-        return num_latent_frames
-
-    def fingerprint(self) -> str:
-        return state_dict_fingerprint(self.model.state_dict())
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z: (b, c, t, h, w) scaled SD latents -> video (b, 3, t, 8h, 8w) in [-1, 1]."""
-        b = z.shape[0]
-        frames = rearrange(z, "b c t h w -> (b t) c h w") / self.scaling_factor
-        out = torch.cat([self.model.decode(chunk).sample for chunk in frames.split(self.frames_per_call)])
-        return rearrange(out, "(b t) c h w -> b c t h w", b=b)
-
-
 # ------------------------------------------------------------------------------------------ what is sampled
 
 @dataclass
@@ -103,7 +55,7 @@ class LatteSource:
 
     model: torch.nn.Module
     diffusion: Any
-    vae: Any  # a tokenizer VideoVAE or a FramewiseImageVAE
+    vae: Any  # a tokenizer VideoVAE (for released Latte checkpoints: the frame-wise SD-VAE, 'sd')
     normalizer: Any  # tokenizer.cache.LatentNormalizer (None: latents are used as they are)
     latent_shape: tuple  # (c, t, h, w) of one latent video
     num_classes: int
@@ -178,25 +130,32 @@ def open_source(ckpt: str | Path, vae: str, vae_ckpt: Optional[str] = None, vae_
         raise SourceError(f"--ckpt {ckpt}: no such Latte run folder or checkpoint file")
     if ckpt.is_file():
         return _open_released(ckpt, vae, vae_path, model, num_classes, latent_frames, latent_size, device)
-    if vae == "sd":
-        raise SourceError(f"--vae sd samples released Latte checkpoint files (SD-VAE latents); {ckpt} is a run "
-                          "folder of this toolkit, trained on a latent cache: pass that cache's VAE name")
-    return _open_run(ckpt, vae, vae_ckpt, which, device)
+    return _open_run(ckpt, vae, vae_ckpt or vae_path, which, device)  # --vae sd: --vae-path is its weights
 
 
 def _open_released(ckpt: Path, vae: str, vae_path: Optional[str], model: Optional[str], num_classes: int,
                    latent_frames: int, latent_size: int, device: torch.device) -> LatteSource:
     from diffusion import LATTE_NAMES, build_latte
     from diffusion.gaussian_diffusion import GaussianDiffusion
+    from tokenizer import load_vae
+    from tokenizer.cache import LatentNormalizer
     from tokenizer.io import load_state_dict_file
+    from tokenizer.models.sd import is_diffusers_folder
 
     if vae != "sd" or not vae_path:
         raise SourceError(f"--ckpt {ckpt} is a checkpoint file: released Latte checkpoints are sampled with "
                           "--vae sd --vae-path <diffusers AutoencoderKL folder>")
     if model not in LATTE_NAMES:
         raise SourceError(f"--model: a released checkpoint needs its Latte preset, one of {', '.join(LATTE_NAMES)}")
-    decoder = FramewiseImageVAE.from_folder(vae_path, device)
+    if not is_diffusers_folder(vae_path):
+        raise SourceError(f"--vae-path {vae_path}: not a diffusers AutoencoderKL folder (no config.json); the SD VAE "
+                          "Latte used is published as stabilityai/sd-vae-ft-ema (or sd-vae-ft-mse) on the Hugging Face "
+                          "Hub: download it once and pass the folder")
+    decoder = load_vae(vae_path, device=str(device))  # the frame-wise SD-VAE (tokenizer.models.sd)
     c = decoder.latent_channels
+    # Latte's latents are the SD-VAE's times 0.18215 (the folder's scaling_factor): x = (z - shift) * scale
+    normalizer = LatentNormalizer("vae", [decoder.shift_factor] * c, [1.0 / decoder.scaling_factor] * c,
+                                  {"vae": decoder.name, "fingerprint": decoder.fingerprint()})
     net = build_latte(model, in_channels=c, num_classes=num_classes, num_frames=latent_frames, input_size=latent_size)
     state = load_state_dict_file(ckpt)
     try:
@@ -204,7 +163,7 @@ def _open_released(ckpt: Path, vae: str, vae_path: Optional[str], model: Optiona
     except RuntimeError as err:
         raise SourceError(f"{ckpt} does not fit {model} with {c} channels, {num_classes} classes, {latent_frames} "
                           f"frames, {latent_size} px latents: {str(err).splitlines()[0]}") from None
-    return LatteSource(net.to(device).eval(), GaussianDiffusion(), decoder, None, (c, latent_frames, latent_size,
+    return LatteSource(net.to(device).eval(), GaussianDiffusion(), decoder, normalizer, (c, latent_frames, latent_size,
                        latent_size), num_classes, [], str(ckpt.resolve()), "file", state_dict_fingerprint(state),
                        "sd", decoder.fingerprint())
 
