@@ -67,6 +67,7 @@ class LatteSource:
     vae_fingerprint: str
     data_config: Any = None  # the run's DataConfig (real videos of FVD)
     train_steps: Optional[int] = None
+    fp16: bool = False  # the network under float16 autocast (--fp16; sampler arithmetic and decoding in float32)
 
     @property
     def num_frames(self) -> int:
@@ -86,7 +87,8 @@ class LatteSource:
         from diffusion import samplers
 
         fn = {"ddpm": samplers.ddpm_sample, "ddim": samplers.ddim_sample}[sampler]
-        return fn(self.model, tuple(noise.shape), self.diffusion, steps=steps, noise=noise, generator=list(generators),
+        model = Float16Autocast(self.model) if self.fp16 else self.model
+        return fn(model, tuple(noise.shape), self.diffusion, steps=steps, noise=noise, generator=list(generators),
                   y=y, cfg_scale=cfg_scale, progress=False)
 
 
@@ -193,6 +195,32 @@ def build_diffusion(record: dict):
     return GaussianDiffusion(**record)
 
 
+class Float16Autocast(torch.nn.Module):
+    """``--fp16``: the network's forward under float16 autocast, its output back in float32 for the sampler."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.null_label = model, getattr(model, "null_label", None)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.float16):
+            out = self.model(x, t) if y is None else self.model(x, t, y=y)
+        return out.float()
+
+
+def parse_steps(steps: int | str) -> int | str:
+    """``--steps``: a count (``250``) or a respacing string (``ddim50``, ``10,15,20``), checked on 1000 steps."""
+    from diffusion.gaussian_diffusion import space_timesteps
+
+    text = str(steps).strip()
+    value: int | str = int(text) if text.isdigit() else text
+    try:
+        space_timesteps(1000, value)
+    except ValueError as err:
+        raise SampleError(f"--steps {steps}: {err}") from None
+    return value
+
+
 # ------------------------------------------------------------------------------------------- seeds and labels
 
 def video_seed(seed: int, index: int) -> int:
@@ -247,13 +275,14 @@ class SampleSettings:
     vae: str
     vae_fingerprint: str
     sampler: str
-    steps: int
+    steps: Any  # respaced steps: a count, or a respacing string ("ddim50", "10,15,20")
     cfg_scale: float
     labels: Any  # rule name or list
     seed: int
     num_frames: int
     fps: float
     latent_shape: list = field(default_factory=list)
+    precision: str = "fp32"  # of the network's forward: fp32 | fp16 (autocast)
 
     def diff(self, other: dict) -> list[str]:
         mine = json.loads(json.dumps(asdict(self)))
@@ -264,9 +293,10 @@ def make_settings(source: "LatteSource", sampler: str, steps: int, cfg_scale: fl
                   seed: int, fps: float) -> SampleSettings:
     return SampleSettings(
         checkpoint=source.checkpoint, weights=source.which, model_fingerprint=source.model_fingerprint,
-        vae=source.vae_name, vae_fingerprint=source.vae_fingerprint, sampler=sampler, steps=int(steps),
+        vae=source.vae_name, vae_fingerprint=source.vae_fingerprint, sampler=sampler, steps=parse_steps(steps),
         cfg_scale=float(cfg_scale), labels=labels if isinstance(labels, str) else list(map(int, labels)),
-        seed=int(seed), num_frames=source.num_frames, fps=float(fps), latent_shape=list(source.latent_shape))
+        seed=int(seed), num_frames=source.num_frames, fps=float(fps), latent_shape=list(source.latent_shape),
+        precision="fp16" if source.fp16 else "fp32")
 
 
 def check_out_dir(out: Path, settings: SampleSettings) -> None:
@@ -356,8 +386,9 @@ def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler
     out, device = Path(out), torch.device(device)
     if sampler not in SAMPLERS:
         raise SampleError(f"unknown sampler '{sampler}': choose {', '.join(SAMPLERS)}")
-    if num_videos < 1 or batch_size < 1 or steps < 1:
-        raise SampleError("--num-videos, --batch-size and --steps must be >= 1")
+    if num_videos < 1 or batch_size < 1:
+        raise SampleError("--num-videos and --batch-size must be >= 1")
+    steps = parse_steps(steps)
     settings = make_settings(source, sampler, steps, cfg_scale, labels, seed, fps)
     check_out_dir(out, settings)
     if not (out / SETTINGS_FILE).is_file():  # every rank: same content, atomic, before its first video
@@ -405,7 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="which weights of the run (default ema)")
     p.add_argument("--num-videos", type=int, default=16)
     p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
-    p.add_argument("--steps", type=int, default=250, help="respaced sampling steps (Latte: DDPM 250)")
+    p.add_argument("--steps", default="250", help="respaced sampling steps (Latte: DDPM 250), or a respacing string: "
+                                                  "ddimN (IDDPM's integer stride) or section counts 10,15,20")
+    p.add_argument("--fp16", action="store_true", help="run the network under float16 autocast (Latte's "
+                                                       "--use_fp16 casts its weights instead)")
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="classifier-free guidance on eps (default: 7.0 for class-conditional runs, 1.0 otherwise)")
     p.add_argument("--labels", default="uniform", help="uniform | balanced | comma list of class indices or names")
@@ -482,8 +516,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out) if args.out else default_out / "samples" / f"{args.sampler}-{args.steps}-cfg{cfg_scale:g}"
         if out.exists() and not out.is_dir():
             raise SampleError(f"--out {out} exists and is not a folder")
-        if args.num_videos < 1 or args.batch_size < 1 or args.steps < 1:
-            raise SampleError("--num-videos, --batch-size and --steps must be >= 1")
+        if args.num_videos < 1 or args.batch_size < 1:
+            raise SampleError("--num-videos and --batch-size must be >= 1")
+        args.steps = parse_steps(args.steps)
+        source.fp16 = args.fp16
         check_out_dir(out, make_settings(source, args.sampler, args.steps, cfg_scale, labels, args.seed, args.fps))
         fvd = _fvd_args(args, source, device) if args.fvd else None
     except (SampleError, SourceError, ConfigError, FileNotFoundError) as err:
