@@ -1,5 +1,7 @@
 """Cache a dataset's latents: ``python -m tokenizer.cache --vae NAME [--ckpt DIR] --data CONFIG [--out DIR] [k=v ...]``.
 
+Latte's own tokenizer, the frame-wise SD-VAE: ``--vae sd --vae-path DIR`` (a local diffusers AutoencoderKL folder).
+
 One process (CPU or one GPU) as is; several with ``accelerate launch --num_processes N -m tokenizer.cache ...``
 (GPUs) or ``torchrun --nproc_per_node N -m tokenizer.cache ...`` (CPU, gloo): each rank encodes its own shards and
 the result is the same cache. ``key=value`` items set the data config (``root=/data/UCF-101``) or the cache
