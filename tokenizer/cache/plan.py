@@ -4,10 +4,12 @@ Items are the dataset's clips in its fixed enumeration (item ``i`` = clip ``i % 
 ``i // clips_per_video``): with ``offset=random`` and ``clips_per_video=K``, K seeded random windows per video, one per
 equal stratum of the possible starts. A data config with ``hflip=true`` stores every clip and its mirror
 (``flip_copies``): a video's cached variants are its K windows x 2 orientations, from which Latte training draws one
-per epoch (``data.variants=one_per_video``) as Latte's loader draws a new window and flip at every read. Shard ``k`` holds items ``[k * items_per_shard, (k + 1) * items_per_shard)`` and is
-encoded by rank ``k % world_size`` in batches that never cross a shard boundary, so the clips of a shard, and its
-bytes given the same kernels (on CPU: the same thread count per process), depend neither on the number of
-processes nor on where a killed run stopped.
+per epoch (``data.variants=one_per_video``) as Latte's loader draws a new window and flip at every read.
+
+Shard ``k`` holds items ``[k * items_per_shard, (k + 1) * items_per_shard)`` and is encoded by rank
+``k % world_size`` in batches that never cross a shard boundary, so the clips of a shard, and its bytes given the
+same kernels (on CPU: the same thread count per process), depend neither on the number of processes nor on where
+a killed run stopped.
 """
 from __future__ import annotations
 
