@@ -55,54 +55,6 @@ class SourceError(ValueError):
     """A checkpoint / VAE combination that cannot be sampled (wrong VAE for the run, missing file, mismatch)."""
 
 
-# ------------------------------------------------------------------------------------- the frame-wise SD VAE
-
-SD_SCALING_FACTOR = 0.18215  # Stable Diffusion's VAE; Latte multiplies its latents by it before diffusion
-
-
-class FramewiseImageVAE(torch.nn.Module):
-    """A diffusers ``AutoencoderKL`` (an image VAE) decoding a latent video frame by frame, as Latte does.
-
-    Latte's released UCF101 / SkyTimelapse checkpoints were trained on SD-VAE latents scaled by 0.18215 (4
-    channels, 8x spatial, no temporal compression); :meth:`decode` takes latents in that scaled space.
-    """
-
-    frame_rule = "in_sequence"
-
-    def __init__(self, model: torch.nn.Module, name: str = "sd", frames_per_call: int = 8):
-        super().__init__()
-        self.model, self.name, self.frames_per_call = model.eval(), name, frames_per_call
-        self.scaling_factor = float(getattr(model.config, "scaling_factor", None) or SD_SCALING_FACTOR)
-        self.latent_channels = int(model.config.latent_channels)
-        s = 2 ** (len(model.config.block_out_channels) - 1)  # one 2x downsample per block but the last
-        self.compression = (1, s, s)
-
-    @classmethod
-    def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu") -> "FramewiseImageVAE":
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise SourceError(f"--vae-path {folder}: not a diffusers AutoencoderKL folder (no config.json); the SD "
-                              "VAE Latte used is published as stabilityai/sd-vae-ft-ema (or sd-vae-ft-mse) on the "
-                              "Hugging Face Hub: download it once and pass the folder")
-        from diffusers import AutoencoderKL
-
-        return cls(AutoencoderKL.from_pretrained(str(folder)).to(device))
-
-    def num_frames(self, num_latent_frames: int) -> int:
-        return num_latent_frames
-
-    def fingerprint(self) -> str:
-        return state_dict_fingerprint(self.model.state_dict())
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z: (b, c, t, h, w) scaled SD latents -> video (b, 3, t, 8h, 8w) in [-1, 1]."""
-        b = z.shape[0]
-        frames = rearrange(z, "b c t h w -> (b t) c h w") / self.scaling_factor
-        out = torch.cat([self.model.decode(chunk).sample for chunk in frames.split(self.frames_per_call)])
-        return rearrange(out, "(b t) c h w -> b c t h w", b=b)
-
-
 # ------------------------------------------------------------------------------------------ what is sampled
 
 @dataclass
@@ -111,7 +63,7 @@ class LatteSource:
 
     model: torch.nn.Module
     diffusion: Any
-    vae: Any  # a tokenizer VideoVAE or a FramewiseImageVAE
+    vae: Any  # a tokenizer VideoVAE (for released Latte checkpoints: the frame-wise SD-VAE, 'sd')
     normalizer: Any  # tokenizer.cache.LatentNormalizer (None: latents are used as they are)
     latent_shape: tuple  # (c, t, h, w) of one latent video
     num_classes: int
@@ -123,6 +75,7 @@ class LatteSource:
     vae_fingerprint: str
     data_config: Any = None  # the run's DataConfig (real videos of FVD)
     train_steps: Optional[int] = None
+    fp16: bool = False  # the network under float16 autocast (--fp16; sampler arithmetic and decoding in float32)
 
     @property
     def num_frames(self) -> int:
@@ -142,7 +95,8 @@ class LatteSource:
         from diffusion import samplers
 
         fn = {"ddpm": samplers.ddpm_sample, "ddim": samplers.ddim_sample}[sampler]
-        return fn(self.model, tuple(noise.shape), self.diffusion, steps=steps, noise=noise, generator=list(generators),
+        model = Float16Autocast(self.model) if self.fp16 else self.model
+        return fn(model, tuple(noise.shape), self.diffusion, steps=steps, noise=noise, generator=list(generators),
                   y=y, cfg_scale=cfg_scale, progress=False)
 
 
@@ -186,25 +140,32 @@ def open_source(ckpt: str | Path, vae: str, vae_ckpt: Optional[str] = None, vae_
         raise SourceError(f"--ckpt {ckpt}: no such Latte run folder or checkpoint file")
     if ckpt.is_file():
         return _open_released(ckpt, vae, vae_path, model, num_classes, latent_frames, latent_size, device)
-    if vae == "sd":
-        raise SourceError(f"--vae sd samples released Latte checkpoint files (SD-VAE latents); {ckpt} is a run "
-                          "folder of this toolkit, trained on a latent cache: pass that cache's VAE name")
-    return _open_run(ckpt, vae, vae_ckpt, which, device)
+    return _open_run(ckpt, vae, vae_ckpt or vae_path, which, device)  # --vae sd: --vae-path is its weights
 
 
 def _open_released(ckpt: Path, vae: str, vae_path: Optional[str], model: Optional[str], num_classes: int,
                    latent_frames: int, latent_size: int, device: torch.device) -> LatteSource:
     from diffusion import LATTE_NAMES, build_latte
     from diffusion.gaussian_diffusion import GaussianDiffusion
+    from tokenizer import load_vae
+    from tokenizer.cache import LatentNormalizer
     from tokenizer.io import load_state_dict_file
+    from tokenizer.models.sd import is_diffusers_folder
 
     if vae != "sd" or not vae_path:
         raise SourceError(f"--ckpt {ckpt} is a checkpoint file: released Latte checkpoints are sampled with "
                           "--vae sd --vae-path <diffusers AutoencoderKL folder>")
     if model not in LATTE_NAMES:
         raise SourceError(f"--model: a released checkpoint needs its Latte preset, one of {', '.join(LATTE_NAMES)}")
-    decoder = FramewiseImageVAE.from_folder(vae_path, device)
+    if not is_diffusers_folder(vae_path):
+        raise SourceError(f"--vae-path {vae_path}: not a diffusers AutoencoderKL folder (no config.json); the SD VAE "
+                          "Latte used is published as stabilityai/sd-vae-ft-ema (or sd-vae-ft-mse) on the Hugging Face "
+                          "Hub: download it once and pass the folder")
+    decoder = load_vae(vae_path, device=str(device))  # the frame-wise SD-VAE (tokenizer.models.sd)
     c = decoder.latent_channels
+    # Latte's latents are the SD-VAE's times 0.18215 (the folder's scaling_factor): x = (z - shift) * scale
+    normalizer = LatentNormalizer("vae", [decoder.shift_factor] * c, [1.0 / decoder.scaling_factor] * c,
+                                  {"vae": decoder.name, "fingerprint": decoder.fingerprint()})
     net = build_latte(model, in_channels=c, num_classes=num_classes, num_frames=latent_frames, input_size=latent_size)
     state = load_state_dict_file(ckpt)
     try:
@@ -212,7 +173,7 @@ def _open_released(ckpt: Path, vae: str, vae_path: Optional[str], model: Optiona
     except RuntimeError as err:
         raise SourceError(f"{ckpt} does not fit {model} with {c} channels, {num_classes} classes, {latent_frames} "
                           f"frames, {latent_size} px latents: {str(err).splitlines()[0]}") from None
-    return LatteSource(net.to(device).eval(), GaussianDiffusion(), decoder, None, (c, latent_frames, latent_size,
+    return LatteSource(net.to(device).eval(), GaussianDiffusion(), decoder, normalizer, (c, latent_frames, latent_size,
                        latent_size), num_classes, [], str(ckpt.resolve()), "file", state_dict_fingerprint(state),
                        "sd", decoder.fingerprint())
 
@@ -240,6 +201,32 @@ def build_diffusion(record: dict):
     from diffusion.gaussian_diffusion import GaussianDiffusion
 
     return GaussianDiffusion(**record)
+
+
+class Float16Autocast(torch.nn.Module):
+    """``--fp16``: the network's forward under float16 autocast, its output back in float32 for the sampler."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.null_label = model, getattr(model, "null_label", None)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.float16):
+            out = self.model(x, t) if y is None else self.model(x, t, y=y)
+        return out.float()
+
+
+def parse_steps(steps: int | str) -> int | str:
+    """``--steps``: a count (``250``) or a respacing string (``ddim50``, ``10,15,20``), checked on 1000 steps."""
+    from diffusion.gaussian_diffusion import space_timesteps
+
+    text = str(steps).strip()
+    value: int | str = int(text) if text.isdigit() else text
+    try:
+        space_timesteps(1000, value)
+    except ValueError as err:
+        raise SampleError(f"--steps {steps}: {err}") from None
+    return value
 
 
 # ------------------------------------------------------------------------------------------- seeds and labels
@@ -296,7 +283,7 @@ class SampleSettings:
     vae: str
     vae_fingerprint: str
     sampler: str
-    steps: int
+    steps: Any  # respaced steps: a count, or a respacing string ("ddim50", "10,15,20")
     cfg_scale: float
     labels: Any  # rule name or list
     seed: int
@@ -304,6 +291,7 @@ class SampleSettings:
     fps: float
     latent_shape: list = field(default_factory=list)
     crf: int = DEFAULT_CRF  # x264 constant rate factor of the mp4s (FVD is computed from these files)
+    precision: str = "fp32"  # of the network's forward: fp32 | fp16 (autocast)
 
     def diff(self, other: dict) -> list[str]:
         mine = json.loads(json.dumps(asdict(self)))
@@ -315,10 +303,10 @@ def make_settings(source: "LatteSource", sampler: str, steps: int, cfg_scale: fl
                   seed: int, fps: float, crf: int = DEFAULT_CRF) -> SampleSettings:
     return SampleSettings(
         checkpoint=source.checkpoint, weights=source.which, model_fingerprint=source.model_fingerprint,
-        vae=source.vae_name, vae_fingerprint=source.vae_fingerprint, sampler=sampler, steps=int(steps),
+        vae=source.vae_name, vae_fingerprint=source.vae_fingerprint, sampler=sampler, steps=parse_steps(steps),
         cfg_scale=float(cfg_scale), labels=labels if isinstance(labels, str) else list(map(int, labels)),
         seed=int(seed), num_frames=source.num_frames, fps=float(fps), latent_shape=list(source.latent_shape),
-        crf=int(crf))
+        crf=int(crf), precision="fp16" if source.fp16 else "fp32")
 
 
 def check_out_dir(out: Path, settings: SampleSettings) -> None:
@@ -409,8 +397,9 @@ def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler
     out, device = Path(out), torch.device(device)
     if sampler not in SAMPLERS:
         raise SampleError(f"unknown sampler '{sampler}': choose {', '.join(SAMPLERS)}")
-    if num_videos < 1 or batch_size < 1 or steps < 1:
-        raise SampleError("--num-videos, --batch-size and --steps must be >= 1")
+    if num_videos < 1 or batch_size < 1:
+        raise SampleError("--num-videos and --batch-size must be >= 1")
+    steps = parse_steps(steps)
     settings = make_settings(source, sampler, steps, cfg_scale, labels, seed, fps, crf)
     check_out_dir(out, settings)
     if not (out / SETTINGS_FILE).is_file():  # every rank: same content, atomic, before its first video
@@ -468,7 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="which weights of the run (default ema)")
     p.add_argument("--num-videos", type=int, default=16)
     p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
-    p.add_argument("--steps", type=int, default=250, help="respaced sampling steps (Latte: DDPM 250)")
+    p.add_argument("--steps", default="250", help="respaced sampling steps (Latte: DDPM 250), or a respacing string: "
+                                                  "ddimN (IDDPM's integer stride) or section counts 10,15,20")
+    p.add_argument("--fp16", action="store_true", help="run the network under float16 autocast (Latte's "
+                                                       "--use_fp16 casts its weights instead)")
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="classifier-free guidance on eps (default: 7.0 for class-conditional runs, 1.0 otherwise)")
     p.add_argument("--labels", default="uniform", help="uniform | balanced | comma list of class indices or names")
@@ -579,8 +571,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out) if args.out else default_out / "samples" / f"{args.sampler}-{args.steps}-cfg{cfg_scale:g}"
         if out.exists() and not out.is_dir():
             raise SampleError(f"--out {out} exists and is not a folder")
-        if args.num_videos < 1 or args.batch_size < 1 or args.steps < 1:
-            raise SampleError("--num-videos, --batch-size and --steps must be >= 1")
+        if args.num_videos < 1 or args.batch_size < 1:
+            raise SampleError("--num-videos and --batch-size must be >= 1")
+        args.steps = parse_steps(args.steps)
+        source.fp16 = args.fp16
         seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
         fvd = _fvd_args(args, source, device) if args.fvd else None
         crf = args.crf if args.crf is not None else (

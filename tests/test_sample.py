@@ -1,5 +1,5 @@
-"""pipelines/sample.py: label rules, the frame-wise SD VAE against diffusers, VAE checks against a real latent cache,
-and (on a tiny Latte run trained on that cache) playable mp4s, batch-size independence, resume, refusals."""
+"""pipelines/sample.py: label rules, VAE checks against a real latent cache, and (on a tiny Latte run trained on that
+cache) playable mp4s, batch-size independence, resume, refusals. The SD-VAE itself: tests/test_sd_vae.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.sample import (FramewiseImageVAE, SampleError, SourceError, load_cache_vae, parse_labels,
+from pipelines.sample import (SampleError, SourceError, load_cache_vae, parse_labels,
                               video_label, video_seed)
 
 
@@ -57,32 +57,6 @@ def test_parse_labels():
             parse_labels(bad, 3, names)
     with pytest.raises(SampleError, match="unconditional"):
         parse_labels("1", 0, names)
-
-
-# --------------------------------------------------------------------------------------------------- SD VAE
-
-def test_framewise_sd_vae_equals_diffusers_frame_by_frame(tmp_path):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    ref = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
-                        layers_per_block=1, sample_size=16).eval()
-    ref.save_pretrained(tmp_path / "sd")
-    vae = FramewiseImageVAE.from_folder(tmp_path / "sd")
-    vae.frames_per_call = 3  # chunks that cut across videos
-    assert vae.scaling_factor == pytest.approx(0.18215) and vae.compression == (1, 2, 2)
-    z = torch.randn(2, 4, 5, 8, 8, generator=torch.Generator().manual_seed(1))
-    out = vae.decode(z)
-    assert out.shape == (2, 3, 5, 16, 16)
-    with torch.no_grad():
-        for b in range(2):
-            for t in range(5):
-                torch.testing.assert_close(out[b, :, t], ref.decode(z[b:b + 1, :, t] / 0.18215).sample[0],
-                                           atol=1e-5, rtol=1e-5)
-    assert vae.fingerprint() == FramewiseImageVAE.from_folder(tmp_path / "sd").fingerprint()
-    with pytest.raises(SourceError, match="sd-vae-ft-ema"):
-        FramewiseImageVAE.from_folder(tmp_path / "missing")
 
 
 # ------------------------------------------------------------------------------------- VAE against the cache
@@ -204,7 +178,7 @@ def test_wrong_vae_and_bad_requests_refused_before_work(tiny_run, tmp_path, caps
     assert _sample(tiny_run, out, "--vae", "vcvae-tiny") == 2
     assert "trained on latents of VAE 'plain-tiny'" in capsys.readouterr().err
     assert _sample(tiny_run, out, "--vae", "sd", "--vae-path", str(tmp_path)) == 2
-    assert "run folder" in capsys.readouterr().err
+    assert "trained on latents of VAE 'plain-tiny'" in capsys.readouterr().err
     assert _sample(tiny_run, out, "--labels", "7") == 2  # 3 classes
     assert _sample(tiny_run, out, "--fvd", "--detector", "i3d_pt", "--detector-path", str(tmp_path / "x.pt")) == 2
     assert _sample(tmp_path / "no_run", out) == 2
