@@ -170,8 +170,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown VAE '{args.vae}'; available: {', '.join(vae_names())}", file=sys.stderr)
         return 2
     try:
+        for key, value, low in (("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0),
+                                ("--resolution", args.resolution, 1), ("--num-clips", args.num_clips or 1, 1)):
+            if value < low:
+                raise ConfigError(f"{key} {value}: must be >= {low}")
         data_cfg = load_data_config(args.data, args.overrides)
-        vae = load_vae(args.ckpt)
+        try:
+            vae = load_vae(args.ckpt)
+        except (ValueError, FileNotFoundError) as err:  # a Latte run, a wrong weights file, an unknown VAE name
+            raise ConfigError(f"--ckpt {args.ckpt}: {err}") from None
         if vae.name != args.vae:
             raise ConfigError(f"--ckpt {args.ckpt} holds a '{vae.name}' VAE, not '{args.vae}'")
         frames = clip_frames(vae, args.frames)

@@ -160,7 +160,10 @@ def load_cache_vae(vae_name: str, manifest: dict, vae_ckpt: Optional[str], recor
             raise SourceError(f"{err} (or pass the weights with --vae-ckpt)") from None
     if not Path(vae_ckpt).exists():
         raise SourceError(f"--vae-ckpt {vae_ckpt}: no such file or folder")
-    vae = load_vae(vae_ckpt, device=str(device))
+    try:
+        vae = load_vae(vae_ckpt, device=str(device))
+    except (ValueError, FileNotFoundError) as err:  # a Latte run, a wrong weights file, an unknown VAE name
+        raise SourceError(f"--vae-ckpt {vae_ckpt}: {err}") from None
     if vae.name != ident["name"] or vae.fingerprint() != ident["fingerprint"]:
         raise SourceError(f"--vae-ckpt {vae_ckpt} ('{vae.name}', fingerprint {vae.fingerprint()[:16]}...) is not the "
                           f"VAE the run's latent cache was made with ('{ident['name']}', fingerprint "
@@ -310,16 +313,29 @@ def make_settings(source: "LatteSource", sampler: str, steps: int, cfg_scale: fl
         seed=int(seed), num_frames=source.num_frames, fps=float(fps), latent_shape=list(source.latent_shape))
 
 
-def check_out_dir(out: Path, settings: SampleSettings) -> None:
-    """Refuse to mix videos of different settings in one folder; record the settings in a new one."""
+def check_out_dir(out: Path, settings: SampleSettings) -> bool:
+    """Refuse to mix videos of different settings in one folder. Returns True when the settings file is to be
+    written: a new folder, or one whose recorded settings differ but which holds no video yet (a run refused
+    before its first video)."""
     path = out / SETTINGS_FILE
+    has_videos = (out / VIDEO_DIR).is_dir() and any(p.suffix in (".mp4", ".json") and not p.name.startswith(".")
+                                                    for p in (out / VIDEO_DIR).iterdir())
     if path.is_file():
         diff = settings.diff(json.loads(path.read_text()))
-        if diff:
+        if diff and has_videos:
             raise SampleError(f"{out} holds videos sampled with other settings; use another --out, or the same "
                               "settings to resume:\n  " + "\n  ".join(diff))
-    elif (out / VIDEO_DIR).is_dir() and any((out / VIDEO_DIR).iterdir()):
+        return bool(diff)
+    if has_videos:
         raise SampleError(f"{out / VIDEO_DIR} is not empty but {out} has no {SETTINGS_FILE}: not a sample.py folder")
+    return True
+
+
+def check_guidance(cfg_scale: float, num_classes: int) -> None:
+    """Classifier-free guidance needs class labels: refused on an unconditional run, before anything is written."""
+    if cfg_scale != 1.0 and num_classes == 0:
+        raise SampleError(f"--cfg-scale {cfg_scale:g}: the run is unconditional (no classes), so there is nothing to "
+                          "guide; leave --cfg-scale out or set it to 1")
 
 
 def video_paths(out: Path, index: int) -> tuple[Path, Path]:
@@ -399,9 +415,9 @@ def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler
         raise SampleError(f"unknown sampler '{sampler}': choose {', '.join(SAMPLERS)}")
     if num_videos < 1 or batch_size < 1 or steps < 1:
         raise SampleError("--num-videos, --batch-size and --steps must be >= 1")
+    check_guidance(cfg_scale, source.num_classes)
     settings = make_settings(source, sampler, steps, cfg_scale, labels, seed, fps)
-    check_out_dir(out, settings)
-    if not (out / SETTINGS_FILE).is_file():  # every rank: same content, atomic, before its first video
+    if check_out_dir(out, settings):  # every rank: same content, atomic, after validation, before its first video
         write_json(out / SETTINGS_FILE, asdict(settings))
     mine = list(range(rank, num_videos, world_size))
     expected = {i: sidecar(settings, i, video_label(labels, seed, i, source.num_classes), source.class_names)
@@ -525,9 +541,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SampleError(f"--out {out} exists and is not a folder")
         if args.num_videos < 1 or args.batch_size < 1 or args.steps < 1:
             raise SampleError("--num-videos, --batch-size and --steps must be >= 1")
+        check_guidance(cfg_scale, source.num_classes)
         check_out_dir(out, make_settings(source, args.sampler, args.steps, cfg_scale, labels, args.seed, args.fps))
         fvd = _fvd_args(args, source, device) if args.fvd else None
-    except (SampleError, SourceError, ConfigError, FileNotFoundError) as err:
+    except (SampleError, SourceError, ConfigError, FileNotFoundError, ValueError) as err:  # wrong weights files too
         print(f"error: {err}", file=sys.stderr)
         return 2
     if state.is_main_process:
@@ -541,6 +558,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("--- resolved sampling settings ---\n" + json.dumps(resolved, indent=2, default=str) + "\n---")
     if args.dry_run:
         return 0
+    if state.is_main_process:  # hidden temporary files of a killed earlier run (before any rank writes)
+        from tokenizer.io import remove_stale_temps
+
+        remove_stale_temps(out / VIDEO_DIR)
+        remove_stale_temps(out)
+    state.wait_for_everyone()
     try:
         result = sample_videos(source, out, args.num_videos, args.sampler, args.steps, cfg_scale, labels, args.seed,
                                args.batch_size, args.fps, gif_grid=False, rank=state.process_index,
@@ -548,6 +571,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SampleError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # disk full, permission: every finished video is kept, a re-run continues
+        from tokenizer.io import write_error_line
+
+        hint = "the videos written so far are kept; re-run the same command to continue"
+        print(f"error: {write_error_line(err, hint)}", file=sys.stderr)
+        return 4
     state.wait_for_everyone()  # every rank's videos are on disk
     if state.is_main_process:
         grid = write_grid(out, range(args.num_videos), args.fps) if args.gif_grid else None
