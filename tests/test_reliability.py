@@ -231,7 +231,8 @@ def test_cache_takes_options_after_overrides(tmp_path, capsys):
     from tokenizer.cache.__main__ import main
 
     assert main(["--vae", "plain-tiny", "--data", str(REPO / "configs/data/samples_tiny.yaml"), "device=cpu",
-                 "num_workers=0", "--dry-run", "--out", str(tmp_path / "c"), "--no-progress"]) == 0
+                 "--dry-run", "num_workers=0", "--out", str(tmp_path / "c"), "cache.batch_size=2",
+                 "--no-progress"]) == 0
     assert "plan:" in capsys.readouterr().out and not (tmp_path / "c").exists()
 
 
@@ -369,21 +370,35 @@ def test_disk_full_while_checkpointing_is_one_line_and_resumes(tmp_path, capsys,
     assert not [p for p in run.iterdir() if p.name.startswith(".") and p.name != ".lock"]
 
 
-def test_write_error_names_the_file_and_free_space(tmp_path):
-    from tokenizer.io import write_error_line, write_json
+def test_a_real_write_failure_names_the_file_and_keeps_the_old_one(tmp_path):
+    """The kernel refuses the write (RLIMIT_FSIZE: EFBIG, as ENOSPC, from f.write with no file name): the OSError
+    names the target, the previous file is intact and no temporary file is left."""
+    code = textwrap.dedent("""
+        import resource, signal, sys, torch
+        from tokenizer.io import load_weights, save_weights, write_error_line, write_json
+        save_weights({"w": torch.ones(4)}, sys.argv[1] + "/m.safetensors")
+        write_json(sys.argv[1] + "/r.json", {"old": 1})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        for write in (lambda: save_weights({"w": torch.zeros(10000)}, sys.argv[1] + "/m.safetensors"),
+                      lambda: write_json(sys.argv[1] + "/r.json", {"new": "x" * 10000})):
+            try:
+                write()
+            except OSError as err:
+                print(write_error_line(err))
+        """)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, text=True, capture_output=True,
+                         timeout=60)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2, out.stdout + out.stderr
+    for line, name in zip(lines, ("m.safetensors", "r.json")):
+        assert line.startswith(f"cannot write {tmp_path / name}: File too large (") and " free in " in line, line
+    from tokenizer.io import load_weights
 
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o500)
-    try:
-        if os.access(folder, os.W_OK):
-            pytest.skip("running as a user that ignores permissions")
-        with pytest.raises(OSError) as info:
-            write_json(folder / "result.json", {"a": 1})
-    finally:
-        folder.chmod(0o700)
-    line = write_error_line(info.value)
-    assert "Permission denied" in line and str(folder) in line and "free in" in line
+    assert torch.equal(load_weights(tmp_path / "m.safetensors")[0]["w"], torch.ones(4))
+    assert json.loads((tmp_path / "r.json").read_text()) == {"old": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "r.json"]
 
 
 def _copy_cache(cache: Path, tmp_path: Path) -> Path:

@@ -88,12 +88,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def _raise_naming(err: BaseException, path: Path, disk_full: bool) -> None:
     """Re-raise a failed write as an ``OSError`` naming the file it was for (ENOSPC from ``f.write`` carries no
-    name). Library writers (torch.save, safetensors) report a full disk as RuntimeError / SafetensorError: when the
-    folder had under 1 MiB free at the failure, that becomes ``OSError(ENOSPC)`` as well."""
+    name). Library writers report I/O errors in their own types: safetensors' carries the errno ("os error 28"),
+    torch.save's RuntimeError none, so a failure with under 1 MiB left in the folder is taken as ``ENOSPC``."""
     if isinstance(err, OSError):
         if err.filename is None:
             raise OSError(err.errno, err.strerror or str(err), str(path)) from err
-    elif disk_full:
+        return
+    code = re.search(r"\(os error (\d+)\)", str(err))  # safetensors: "I/O error: File too large (os error 27)"
+    if isinstance(err, Exception) and code:
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from err
+    if disk_full:
         raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({type(err).__name__})", str(path)) from err
 
 
