@@ -421,6 +421,20 @@ def test_truncated_shard_names_itself_and_suggests_verify(tiny_cache, tmp_path):
     assert str(shard) in msg and f"python -m tokenizer.cache --verify --out {cache}" in msg and "\n" not in msg
 
 
+def test_latte_training_on_a_truncated_shard_is_one_line(tiny_cache, tmp_path, capsys):
+    """The issue's attack: Latte training on a cache whose shard was cut short ends in one line naming the shard."""
+    from diffusion.train_latte import main
+
+    cache = _copy_cache(tiny_cache[0], tmp_path)
+    shard = sorted((cache / "shards").glob("*.safetensors"))[-1]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    overrides = _latte_overrides(cache, tiny_cache[1], tmp_path / "run")
+    assert main(["--config", str(REPO / "configs/diffusion/latte_tiny.yaml"), *overrides, "train.max_steps=4",
+                 "train.checkpoint_every=100"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"cache shard {shard} cannot be read" in line and "--verify" in line, line
+
+
 def test_nan_in_a_cached_latent_is_reported_once_with_the_clip(tiny_cache, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file

@@ -95,6 +95,15 @@ class TrainLoop:
             print(msg, flush=True)
 
 
+def _line(err: BaseException) -> str:
+    """An error as one line: a DataLoader worker's error arrives wrapped with its traceback; its last line says it."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def train_main(argv: Sequence[str] | None, *, doc: str, config_help: str, schema: type,
                validate: Callable[[Any], None], make_trainer: Callable[[Any], TrainLoop],
                describe: Callable[[Any, TrainLoop], str], errors: tuple[type[BaseException], ...] = ()) -> int:
@@ -143,7 +152,7 @@ def train_main(argv: Sequence[str] | None, *, doc: str, config_help: str, schema
         print(f"error: {err}", file=sys.stderr)
         return 3
     except (ValueError, FileNotFoundError, *errors) as err:  # found while opening the run: another model, ...
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_line(err)}", file=sys.stderr)  # or while reading: a broken cache shard
         return 2
     except OSError as err:  # disk full, permission: nothing complete is lost
         print(f"error: {write_error_line(err, resume)}", file=sys.stderr)
