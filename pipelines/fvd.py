@@ -742,8 +742,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         compute_fvd(real, args.fake, protocol, detector, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                     device=device, cache_dir=cfg.stats_cache_dir, out=cfg.out, real_overrides=args.real_set)
-    except FVDInputError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (FVDInputError, VideoReadError) as err:  # VideoReadError: a generated file that opens but fails to decode
+        text = str(err).strip().splitlines()  # from a DataLoader worker: wrapped, its last line says what failed
+        print(f"error: {text[-1].split(': ', 1)[-1] if 'Original Traceback' in str(err) else text[0]}",
+              file=sys.stderr)
         return 2
     except OSError as err:  # a full disk or a read-only folder for the statistics cache or the result
         print(f"error: {write_error_line(err, 'the FVD can be computed again')}", file=sys.stderr)

@@ -470,8 +470,8 @@ def test_second_launch_into_a_held_run_folder_is_refused(tmp_path, capsys):
     code = textwrap.dedent("""
         import sys, time
         from tokenizer.training.rundir import RunDir
-        RunDir(sys.argv[1])
-        (RunDir(sys.argv[1]).root / ".step-000001.partial").mkdir()
+        RunDir(sys.argv[1], lock=True)  # what a training job opens
+        (RunDir(sys.argv[1], lock=True).root / ".step-000001.partial").mkdir()
         print("held", flush=True)
         time.sleep(60)
         """)
@@ -489,8 +489,9 @@ def test_second_launch_into_a_held_run_folder_is_refused(tmp_path, capsys):
         holder.wait(timeout=30)
     from tokenizer.training.rundir import RunDir
 
-    RunDir(run)  # the kernel dropped the dead holder's lock: the folder opens, its stale .partial goes
+    opened = RunDir(run, lock=True)  # the kernel dropped the dead holder's lock: the folder opens, its .partial goes
     assert not (run / ".step-000001.partial").exists()
+    opened.unlock()
 
 
 def test_stale_temp_files_of_killed_writers_removed_on_resume(tmp_path):
@@ -508,8 +509,9 @@ def test_stale_temp_files_of_killed_writers_removed_on_resume(tmp_path):
         p.write_bytes(b"")
     assert all(is_stale_temp(p.name) for p in stale) and not any(is_stale_temp(p.name) for p in kept)
     RunDir(run, is_main=False)  # a reader removes nothing
+    RunDir(run)  # nor a main-process view that does not hold the folder (a live job may be writing them)
     assert all(p.exists() for p in stale)
-    RunDir(run)
+    RunDir(run, lock=True).unlock()  # a training job's start
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
 
 

@@ -66,11 +66,11 @@ class RunDir:
         rank: this process's index; ``is_main`` defaults to ``rank == 0``.
         barrier: a function every process calls to wait for the others (``accelerator.wait_for_everyone``).
         lock: the main process takes the folder's lock (:class:`RunLockedError` if another job holds it) and
-            cleans up after killed writers; ``False`` for a view that only reads.
+            cleans up after killed writers (what a training job does, see :meth:`for_accelerator`).
     """
 
     def __init__(self, root: str | Path, keep_last: int | None = 3, rank: int = 0, is_main: bool | None = None,
-                 barrier: Callable[[], None] | None = None, lock: bool = True):
+                 barrier: Callable[[], None] | None = None, lock: bool = False):
         if keep_last is not None and keep_last < 1:
             raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
         self.root = Path(root)
@@ -82,19 +82,19 @@ class RunDir:
             self.root.mkdir(parents=True, exist_ok=True)
             if lock:
                 self.lock()  # before anything is removed: another job's .partial is not stale
-                for stale in self.root.glob(".step-*.partial"):  # a checkpoint a kill interrupted
-                    shutil.rmtree(stale, ignore_errors=True)
                 remove_stale_temps(self.root)  # config, latest, run record ... temporaries of a killed writer
                 remove_stale_temps(self.samples_dir)
+            for stale in self.root.glob(".step-*.partial"):  # a checkpoint a kill interrupted
+                shutil.rmtree(stale, ignore_errors=True)
         self._barrier()
 
     # --- one job per folder ---------------------------------------------------------------------------------
     def lock(self) -> None:
         """Hold the folder for this process (re-entrant within it); another live holder is a RunLockedError."""
         try:
-            hold_folder(self.root, "train.run_dir")
+            hold_folder(self.root, "another train.run_dir")
         except FolderLockedError as err:
-            raise RunLockedError(str(err)) from None
+            raise RunLockedError(f"run folder {err}") from None
 
     def unlock(self) -> None:
         release_folder(self.root)
@@ -102,7 +102,7 @@ class RunDir:
     @classmethod
     def for_accelerator(cls, root: str | Path, accelerator: Any, keep_last: int | None = 3) -> "RunDir":
         return cls(root, keep_last=keep_last, rank=accelerator.process_index,
-                   is_main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone)
+                   is_main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone, lock=True)
 
     # --- paths ----------------------------------------------------------------------------------------------
     @property
