@@ -558,12 +558,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("--- resolved sampling settings ---\n" + json.dumps(resolved, indent=2, default=str) + "\n---")
     if args.dry_run:
         return 0
-    if state.is_main_process:  # hidden temporary files of a killed earlier run (before any rank writes)
-        from tokenizer.io import remove_stale_temps
+    if state.is_main_process:  # one job per folder; then the hidden temporary files of a killed earlier run go
+        from tokenizer.io import FolderLockedError, hold_folder, remove_stale_temps
 
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            hold_folder(out, "another --out")
+        except FolderLockedError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         remove_stale_temps(out / VIDEO_DIR)
         remove_stale_temps(out)
-    state.wait_for_everyone()
+    state.wait_for_everyone()  # (the folder's lock goes with this process)
     try:
         result = sample_videos(source, out, args.num_videos, args.sampler, args.steps, cfg_scale, labels, args.seed,
                                args.batch_size, args.fps, gif_grid=False, rank=state.process_index,

@@ -515,13 +515,18 @@ def test_stale_temp_files_of_killed_writers_removed_on_resume(tmp_path):
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
 
 
-def test_sample_removes_its_stale_temp_videos(uncond_run, tmp_path):
+def test_sample_removes_its_stale_temp_videos_and_holds_its_folder(uncond_run, tmp_path, capsys):
     from pipelines.sample import main
 
     out = tmp_path / "s"
     (out / "videos").mkdir(parents=True)
-    stale = out / "videos" / ".000003.mp4.a1b2c3d4.tmp.mp4"
+    stale = out / "videos" / ".000003.mp4.a1b2c3d4.tmp.mp4"  # a zero-byte temporary of a killed run
     stale.write_bytes(b"")
-    assert main(["--vae", "plain-tiny", "--ckpt", str(uncond_run), "--out", str(out), "--sampler", "ddim",
-                 "--steps", "2", "--num-videos", "1", "--device", "cpu"]) == 0
+    args = ["--vae", "plain-tiny", "--ckpt", str(uncond_run), "--out", str(out), "--sampler", "ddim", "--steps", "2",
+            "--num-videos", "1", "--device", "cpu"]
+    assert main(args) == 0
     assert not stale.exists() and (out / "videos" / "000000.mp4").is_file()
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    other = subprocess.run([sys.executable, "-m", "pipelines.sample", *args], env=env, text=True,
+                           capture_output=True, timeout=120)  # this process still holds the folder
+    assert other.returncode == 2 and f"{out} is in use by pid {os.getpid()}" in one_line(other.stderr)
