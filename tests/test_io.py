@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -12,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenizer.io import (WeightsFileError, atomic_write, load_state_dict_file, load_torch_file, load_weights, read_weights_config,
-                          save_weights, torch_save)
+from tokenizer.io import (WeightsFileError, atomic_write, load_state_dict_file, load_torch_file, load_weights,
+                          read_weights_config, save_weights, torch_save)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -113,8 +113,8 @@ def train_main(argv: Sequence[str] | None, *, doc: str, config_help: str, schema
     ``FileNotFoundError`` and ``errors`` raised while building the trainer or opening its run folder, printed in
     one line; a run folder another job holds), 3 the run stopped on repeated non-finite losses, 4 a write failed
     (disk full, permission: one line naming the file and the free space; the last complete checkpoint is intact,
-    so the same command resumes once there is room). ``describe(cfg, trainer)`` is printed by the main process after the resolved
-    config, before any step.
+    so the same command resumes once there is room). ``describe(cfg, trainer)`` is printed by the main process
+    after the resolved config, before any step.
     """
     from tokenizer.training.guard import NonFiniteLossError
 
