@@ -238,9 +238,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "encode_ms": timing["encode_ms"], "decode_ms": timing["decode_ms"],
             "timing": f"mean per clip (batch 1, {device}) over {timing['clips']} clips after one warm-up clip"}
     out = Path(args.out or Path("outputs") / "eval_recon" / f"{vae.name}-{Path(args.data).stem}")
-    write_json(out / "recon.json", {**meta, "metrics": report})
     md = markdown(vae.name, vae, report, meta)
-    write_text(out / "recon.md", md)
+    try:
+        write_json(out / "recon.json", {**meta, "metrics": report})
+        write_text(out / "recon.md", md)
+    except OSError as err:  # disk full, permission: one line naming the file and the free space
+        from tokenizer.io import write_error_line
+
+        print(f"error: {write_error_line(err, 'the evaluation can be run again')}", file=sys.stderr)
+        return 4
     print(md + f"\nwritten: {out / 'recon.json'}, {out / 'recon.md'}")
     return 0
 

@@ -401,6 +401,20 @@ def test_a_real_write_failure_names_the_file_and_keeps_the_old_one(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "r.json"]
 
 
+def test_eval_recon_write_failure_is_one_line(tiny_cache, tmp_path, capsys):
+    """--out below a regular file: the results cannot be written (ENOTDIR, a real OSError), exit 4 naming it."""
+    from pipelines.eval_recon import main
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    rc = main(["--vae", "plain-tiny", "--ckpt", str(tiny_cache[1]), "--data",
+               str(REPO / "configs/data/samples_tiny.yaml"), "--frames", "5", "--resolution", "32", "--num-clips", "1",
+               "--no-lpips", "--fvd-detector", "none", "--num-workers", "0", "--device", "cpu",
+               "--out", str(blocker / "eval")])
+    line = one_line(capsys.readouterr().err)
+    assert rc == 4 and line.startswith(f"error: cannot write {blocker / 'eval'}") and " free in " in line, line
+
+
 def _copy_cache(cache: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "cache"
     shutil.copytree(cache, dst)
