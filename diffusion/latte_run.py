@@ -14,7 +14,6 @@ so that ``load_latte_run(run_dir)`` rebuilds the model and everything a sampler 
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +108,10 @@ def load_config_vae(ckpt: str | Path):
     path = Path(ckpt)
     if not path.exists():
         raise ConfigError(f"vae.ckpt={ckpt}: no such file or folder (a save_pretrained folder or a VAE run)")
-    return load_vae(path)
+    try:
+        return load_vae(path)
+    except (ValueError, FileNotFoundError) as err:  # a Latte run, a wrong weights file, an unknown VAE name
+        raise ConfigError(f"vae.ckpt={ckpt}: {err}") from None
 
 
 # --- the run record ---------------------------------------------------------------------------------------------
@@ -230,11 +232,7 @@ def load_init_state(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ConfigError(f"model.init_from={path}: no such file (the public Latte checkpoints, e.g. ucf101.pt and "
                           "skytimelapse.pt, are published at https://huggingface.co/maxin-cn/Latte)")
-    try:
-        return load_state_dict_file(path)
-    except pickle.UnpicklingError as err:  # pickled objects besides tensors (e.g. argparse args) are refused
-        raise ConfigError(f"model.init_from={path} cannot be loaded with weights_only=True ({err}); save its state "
-                          "dict alone (torch.save(ckpt['ema'], ...)) or as safetensors") from None
+    return load_state_dict_file(path, role="model.init_from")  # text, TorchScript, pickled code: WeightsFileError
 
 
 def load_latte_run_folder(root: Path) -> Path:

@@ -136,6 +136,7 @@ def validate(cfg: LatteTrainConfig) -> None:
                   ("data.variants", cfg.data.variants, VARIANTS))
     check_at_least(t, ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "max_nonfinite",
                        "keep_last"), prefix="train.")
+    check_at_least(cfg.data, ("num_workers",), low=0, prefix="data.")
     for key in ("every", "num", "steps"):
         low = 0 if key == "every" else 1
         if getattr(s, key) < low:
@@ -151,8 +152,10 @@ def validate(cfg: LatteTrainConfig) -> None:
         raise ConfigError(f"invalid value 'optim.max_grad_norm={o.max_grad_norm}': > 0, or null for no clipping")
     if o.clip_start_step < 0:
         raise ConfigError(f"invalid value 'optim.clip_start_step={o.clip_start_step}': must be >= 0")
-    if o.lr <= 0 or o.weight_decay < 0:
-        raise ConfigError(f"invalid optimiser setting: lr={o.lr} must be > 0, weight_decay={o.weight_decay} >= 0")
+    if not o.lr > 0:
+        raise ConfigError(f"invalid value 'optim.lr={o.lr}': must be > 0")
+    if o.weight_decay < 0:
+        raise ConfigError(f"invalid value 'optim.weight_decay={o.weight_decay}': must be >= 0")
     if s.cfg_scale < 1.0:
         raise ConfigError(f"invalid value 'sample.cfg_scale={s.cfg_scale}': >= 1 (1 = no guidance)")
     if cfg.diffusion.num_timesteps < 2:

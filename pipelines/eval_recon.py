@@ -170,8 +170,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown VAE '{args.vae}'; available: {', '.join(vae_names())}", file=sys.stderr)
         return 2
     try:
+        for key, value, low in (("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0),
+                                ("--resolution", args.resolution, 1), ("--num-clips", args.num_clips or 1, 1)):
+            if value < low:
+                raise ConfigError(f"{key} {value}: must be >= {low}")
         data_cfg = load_data_config(args.data, args.overrides)
-        vae = load_vae(args.ckpt)
+        try:
+            vae = load_vae(args.ckpt)
+        except (ValueError, FileNotFoundError) as err:  # a Latte run, a wrong weights file, an unknown VAE name
+            raise ConfigError(f"--ckpt {args.ckpt}: {err}") from None
         if vae.name != args.vae:
             raise ConfigError(f"--ckpt {args.ckpt} holds a '{vae.name}' VAE, not '{args.vae}'")
         frames = clip_frames(vae, args.frames)
@@ -231,9 +238,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "encode_ms": timing["encode_ms"], "decode_ms": timing["decode_ms"],
             "timing": f"mean per clip (batch 1, {device}) over {timing['clips']} clips after one warm-up clip"}
     out = Path(args.out or Path("outputs") / "eval_recon" / f"{vae.name}-{Path(args.data).stem}")
-    write_json(out / "recon.json", {**meta, "metrics": report})
     md = markdown(vae.name, vae, report, meta)
-    write_text(out / "recon.md", md)
+    try:
+        write_json(out / "recon.json", {**meta, "metrics": report})
+        write_text(out / "recon.md", md)
+    except OSError as err:  # disk full, permission: one line naming the file and the free space
+        from tokenizer.io import write_error_line
+
+        print(f"error: {write_error_line(err, 'the evaluation can be run again')}", file=sys.stderr)
+        return 4
     print(md + f"\nwritten: {out / 'recon.json'}, {out / 'recon.md'}")
     return 0
 

@@ -20,8 +20,10 @@ The protocol (see README, "Evaluation"):
 
 - real clips: one per video. The videos are walked in the order of a permutation drawn from
   ``numpy.random.default_rng([seed, 0])``; a video shorter than the clip span ``(num_frames - 1) * real_stride + 1``
-  (or unreadable) is skipped; each accepted video gets a start offset uniform in ``[0, n - span]`` from
-  ``default_rng([seed, 1])``; the walk stops at ``num_real`` clips;
+  (or unreadable, or truncated: fewer frames indexed than its container declares) is skipped; each accepted video
+  gets a start offset uniform in ``[0, n - span]`` from ``default_rng([seed, 1])``; a clip that then fails to decode
+  is dropped and the walk goes on (the next eligible video replaces it); the walk stops at ``num_real`` clips; the
+  result lists every skipped video with its reason;
 - generated clips: the first ``num_fake`` files / frame folders in natural name order, frames ``0, s, .., (F-1) s``;
 - every clip: centre crop to a square, resize to 224 x 224: downscaling with PIL's Lanczos filter on the uint8
   frames (StyleGAN-V's dataset preparation filter: antialiased), upscaling bilinear (``align_corners=False``);
@@ -51,9 +53,9 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from tokenizer.config import ConfigError, load_config, to_yaml
-from tokenizer.data.video_io import (FRAME_EXTENSIONS, VIDEO_EXTENSIONS, VideoReadError, read_video_frames,
-                                     video_num_frames, write_video)
-from tokenizer.io import load_weights, save_weights, write_json
+from tokenizer.data.video_io import (FRAME_EXTENSIONS, VIDEO_EXTENSIONS, VideoReadError, declared_num_frames,
+                                     read_video_frames, video_num_frames, write_video)
+from tokenizer.io import load_weights, save_weights, write_error_line, write_json
 
 from .i3d import RANDOM_LABEL, DetectorInfo, I3DDetector, InceptionI3d, build_detector  # noqa: F401 (public API)
 
@@ -62,8 +64,10 @@ CLIP_EXTENSIONS = (*VIDEO_EXTENSIONS, "gif")
 
 SELECTION_RULE = (
     "real: one clip per video; videos walked in the order of numpy.random.default_rng([seed, 0]).permutation(n); "
-    "a video shorter than (num_frames - 1) * real_stride + 1 frames, or unreadable, is skipped; start offset "
-    "default_rng([seed, 1]).integers(0, n_frames - span + 1) per accepted video; stop at num_real clips. "
+    "a video shorter than (num_frames - 1) * real_stride + 1 frames, or unreadable, or truncated (fewer frames "
+    "indexed than its container declares), is skipped; start offset default_rng([seed, 1]).integers(0, n_frames - "
+    "span + 1) per accepted video; a clip that fails to decode is dropped and the walk continues; stop at num_real "
+    "clips. "
     "fake: the first num_fake files / frame folders in natural name order, frames 0, s, .., (num_frames - 1) s.")
 PREPROCESSING = ("centre crop to a square; resize to resolution x resolution: PIL Lanczos on uint8 frames when "
                  "downscaling, bilinear (align_corners=False) when upscaling; [0, 255] -> [-1, 1]")
@@ -210,29 +214,81 @@ def read_clip(clip: ClipRef) -> torch.Tensor:
     return read_video_frames(clip.path, clip.indices)
 
 
+class FVDInputError(ValueError):
+    """An FVD input that cannot be used (empty or unreadable generated set, generated videos too short, ...)."""
+
+
+class RealClipWalk:
+    """The seeded walk over the real videos (``SELECTION_RULE``), resumable: :meth:`take` hands out the next
+    accepted clips; :meth:`drop` records a clip that failed to decode, whose replacement the next :meth:`take`
+    finds further along the same walk (so the clips used are those a walk that decoded every clip would pick)."""
+
+    def __init__(self, videos: Sequence[str | Path], protocol: FVDProtocol):
+        self.videos, self.protocol = list(videos), protocol
+        self.order = np.random.default_rng([protocol.seed, 0]).permutation(len(self.videos)).tolist()
+        self.offsets = np.random.default_rng([protocol.seed, 1])
+        self.position = 0
+        self.skipped: dict[str, Any] = {"too_short": 0, "unreadable": 0, "unreadable_videos": [], "undecodable": 0,
+                                        "undecodable_videos": []}
+
+    def _unreadable(self, reason: str) -> None:
+        self.skipped["unreadable"] += 1
+        self.skipped["unreadable_videos"].append(reason)  # "<file>: <reason>"
+        warnings.warn(f"FVD: skipping unreadable real video {reason}", stacklevel=3)
+
+    def take(self, k: int) -> list[ClipRef]:
+        span, clips = self.protocol.real_span, []
+        while len(clips) < k and self.position < len(self.order):
+            video = self.videos[self.order[self.position]]
+            self.position += 1
+            try:
+                n = num_frames_of(video)
+            except (VideoReadError, OSError) as err:
+                self._unreadable(str(err))
+                continue
+            declared = None if n < span or Path(video).is_dir() or str(video).lower().endswith(".gif") \
+                else declared_num_frames(video)
+            if n < span:
+                self.skipped["too_short"] += 1
+                continue
+            if declared is not None and n < declared[0] - declared[1]:  # the data layer's truncation probe
+                self._unreadable(f"{video}: truncated: {n} frames can be indexed, the container declares "
+                                 f"{declared[0]:.0f}")
+                continue
+            start = int(self.offsets.integers(0, n - span + 1))
+            clips.append(ClipRef(str(video), tuple(range(start, start + span, self.protocol.real_stride))))
+        return clips
+
+    def drop(self, clip: ClipRef) -> None:
+        """``clip`` failed to decode: record it (with the decoder's reason) for the result."""
+        try:
+            read_clip(clip)
+            reason = "decoding failed"
+        except Exception as err:  # the reason, read again in this process (the failure may come from a worker)
+            reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        self.skipped["undecodable"] += 1
+        self.skipped["undecodable_videos"].append(f"{clip.path} at frame {clip.indices[0]}: {reason}")
+        warnings.warn(f"FVD: real clip of {clip.path} at frame {clip.indices[0]} does not decode ({reason}); "
+                      "the next eligible video replaces it", stacklevel=2)
+
+
 def select_real_clips(videos: Sequence[str | Path], protocol: FVDProtocol) -> tuple[list[ClipRef], dict]:
     """One clip per real video under the protocol's seeded rule (``SELECTION_RULE``); returns (clips, what was
-    skipped: counts, and the unreadable videos with their reasons)."""
-    order = np.random.default_rng([protocol.seed, 0]).permutation(len(videos))
-    offsets = np.random.default_rng([protocol.seed, 1])
-    span, clips = protocol.real_span, []
-    skipped: dict[str, Any] = {"too_short": 0, "unreadable": 0, "unreadable_videos": []}
-    for i in order:
-        if len(clips) == protocol.num_real:
-            break
-        try:
-            n = num_frames_of(videos[i])
-        except (VideoReadError, OSError) as err:
-            skipped["unreadable"] += 1
-            skipped["unreadable_videos"].append(str(err))  # "<file>: <reason>"
-            warnings.warn(f"FVD: skipping unreadable real video {err}", stacklevel=2)
-            continue
-        if n < span:
-            skipped["too_short"] += 1
-            continue
-        start = int(offsets.integers(0, n - span + 1))
-        clips.append(ClipRef(str(videos[i]), tuple(range(start, start + span, protocol.real_stride))))
-    return clips, skipped
+    skipped: counts, and the unreadable videos with their reasons). Clips are not decoded here: see
+    :func:`real_features` for the clips that fail to decode."""
+    walk = RealClipWalk(videos, protocol)
+    return walk.take(protocol.num_real), walk.skipped
+
+
+def check_fake_sources(sources: Sequence[str | Path], protocol: FVDProtocol, where: str) -> list[ClipRef]:
+    """The generated clips, every file checked (opens, has the frames the protocol needs) before any work; an
+    empty set or a bad file is an :class:`FVDInputError` naming it."""
+    if not sources:
+        raise FVDInputError(f"no generated videos (*.{', *.'.join(CLIP_EXTENSIONS)} or frame folders) in {where}")
+    try:
+        return fake_clips(sources, protocol)
+    except (VideoReadError, OSError) as err:
+        raise FVDInputError(f"generated video {err}") from None
 
 
 def fake_clips(sources: Sequence[str | Path], protocol: FVDProtocol) -> list[ClipRef]:
@@ -293,16 +349,22 @@ def video_tensor_to_uint8(videos: torch.Tensor) -> torch.Tensor:
 class ClipDataset(torch.utils.data.Dataset):
     """Clips from files (``ClipRef``) or an in-memory uint8 tensor (N, T, H, W, C), prepared for the detector."""
 
-    def __init__(self, clips: Sequence[ClipRef] | torch.Tensor, resolution: int):
-        self.clips, self.resolution = clips, resolution
+    def __init__(self, clips: Sequence[ClipRef] | torch.Tensor, resolution: int, tolerant: bool = False):
+        self.clips, self.resolution, self.tolerant = clips, resolution, tolerant
 
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> torch.Tensor | tuple[torch.Tensor, bool]:
+        """The prepared clip; ``tolerant``: (clip, True), or (zeros, False) for a clip that fails to decode."""
         clip = self.clips[i]
-        frames = clip if isinstance(clip, torch.Tensor) else read_clip(clip)
-        return prepare_clip(frames, self.resolution)
+        if not self.tolerant:
+            frames = clip if isinstance(clip, torch.Tensor) else read_clip(clip)
+            return prepare_clip(frames, self.resolution)
+        try:
+            return prepare_clip(read_clip(clip), self.resolution), True
+        except Exception:  # any decoder error: the caller drops the clip and walks on
+            return torch.zeros(3, len(clip.indices), self.resolution, self.resolution), False
 
 
 # ------------------------------------------------------------------------------------- features and statistics
@@ -336,12 +398,14 @@ def gather_rows(local: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
 @torch.no_grad()
 def extract_features(clips: Sequence[ClipRef] | torch.Tensor, detector: I3DDetector, resolution: int = 224,
                      batch_size: int = 8, device: str | torch.device | None = None, num_workers: int = 0,
-                     progress: bool = True, desc: str = "I3D features", split_ranks: bool = True) -> np.ndarray:
+                     progress: bool = True, desc: str = "I3D features", split_ranks: bool = True,
+                     tolerant: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Detector features of every clip, float64 (N, 400), in clip order, however many processes share the work.
 
     Rank r of W takes the contiguous block ``[r * ceil(N / W), (r + 1) * ceil(N / W))``; the blocks are gathered
     in rank order, so the result (and any FVD from it) is the one a single process computes. With
     ``split_ranks=False`` every process works on its own clips alone (a caller that already split the data).
+    ``tolerant=True``: a clip that fails to decode does not stop the run; returns (features, decoded: bool (N,)).
     """
     bar_rank = dist_info()[0]
     rank, world = dist_info() if split_ranks else (0, 1)
@@ -350,17 +414,40 @@ def extract_features(clips: Sequence[ClipRef] | torch.Tensor, detector: I3DDetec
     per = math.ceil(n / world)
     bounds = [(min(r * per, n), min((r + 1) * per, n)) for r in range(world)]
     lo, hi = bounds[rank]
-    dataset = torch.utils.data.Subset(ClipDataset(clips, resolution), range(lo, hi))
+    dataset = torch.utils.data.Subset(ClipDataset(clips, resolution, tolerant=tolerant), range(lo, hi))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     from tqdm import tqdm
 
     label = f"[{RANDOM_LABEL}] " if detector.info.random_init else ""
     bar = tqdm(loader, desc=f"{label}{desc}", disable=not progress or bar_rank != 0, leave=False,
                total=len(loader), unit="batch")
-    parts = [detector(batch.to(device)) for batch in bar]
-    local = torch.cat(parts) if parts else torch.zeros(0, FEATURE_DIM, device=device)
-    feats = gather_rows(local, [b - a for a, b in bounds]) if world > 1 else local
-    return feats.double().cpu().numpy()
+    if tolerant:  # the decoded flag travels as a last column, gathered with the features
+        parts = [torch.cat([detector(x.to(device)).float(), ok.to(device).float()[:, None]], 1) for x, ok in bar]
+    else:
+        parts = [detector(batch.to(device)) for batch in bar]
+    width = FEATURE_DIM + (1 if tolerant else 0)
+    local = torch.cat(parts) if parts else torch.zeros(0, width, device=device)
+    feats = (gather_rows(local, [b - a for a, b in bounds]) if world > 1 else local).double().cpu().numpy()
+    return (feats[:, :-1], feats[:, -1] > 0.5) if tolerant else feats
+
+
+def real_features(walk: RealClipWalk, detector: I3DDetector, **feats: Any) -> tuple[np.ndarray, list[ClipRef]]:
+    """Features of ``num_real`` real clips of the seeded walk; a clip that fails to decode is dropped and replaced
+    by the next eligible video of the walk (every rank sees the same flags, so all walk alike)."""
+    want = walk.protocol.num_real
+    used: list[ClipRef] = []
+    rows: list[np.ndarray] = []
+    clips = walk.take(want)
+    while clips:
+        f, ok = extract_features(clips, detector, desc="I3D real", tolerant=True, **feats)
+        for clip, row, good in zip(clips, f, ok):
+            if good:
+                used.append(clip)
+                rows.append(row)
+            else:
+                walk.drop(clip)
+        clips = walk.take(want - len(used))
+    return (np.stack(rows) if rows else np.zeros((0, FEATURE_DIM))), used
 
 
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -517,8 +604,8 @@ def _clips_arg(x: Any, protocol: FVDProtocol, role: str) -> tuple[Any, dict]:
                              f"{protocol.name}, got shape {tuple(x.shape)}")
         return video_tensor_to_uint8(x), dict(source="tensor", shape=list(x.shape))
     if isinstance(x, (str, Path)):
-        return fake_clips(list_clip_sources(x), protocol), dict(source=str(Path(x).resolve()))
-    return fake_clips([Path(p) for p in x], protocol), dict(source="list", count=len(x))
+        return check_fake_sources(list_clip_sources(x), protocol, str(x)), dict(source=str(Path(x).resolve()))
+    return check_fake_sources([Path(p) for p in x], protocol, "the given list"), dict(source="list", count=len(x))
 
 
 def compute_fvd(real: Any, fake: Any, protocol: str | FVDProtocol = "fvd16",
@@ -551,6 +638,8 @@ def compute_fvd(real: Any, fake: Any, protocol: str | FVDProtocol = "fvd16",
 
     feats = dict(resolution=protocol.resolution, batch_size=batch_size, device=device, num_workers=num_workers,
                  progress=progress)
+    # the generated set is checked first (every file opens and is long enough): a bad one costs no real statistics
+    fake_clip_set, fake_info = _clips_arg(fake, protocol, "generated")
 
     # real statistics: from the cache when this dataset/split/protocol/detector was seen before
     if isinstance(real, torch.Tensor):
@@ -570,11 +659,14 @@ def compute_fvd(real: Any, fake: Any, protocol: str | FVDProtocol = "fvd16",
                 real_info["cache_hit"] = True
                 say(f"real statistics from cache {path}")
         if not real_info["cache_hit"]:
-            clips, skipped = select_real_clips(source.videos, protocol)
+            walk = RealClipWalk(source.videos, protocol)
+            real_feats, clips = real_features(walk, det, **feats)
+            skipped = walk.skipped
             if not clips:
-                raise ValueError(f"no real video has the {protocol.real_span} frames a clip needs "
-                                 f"({protocol.num_frames} frames at stride {protocol.real_stride}): {skipped}")
-            mu_r, sigma_r = feature_stats(extract_features(clips, det, desc="I3D real", **feats))
+                raise FVDInputError(f"no real video has the {protocol.real_span} frames a clip needs "
+                                    f"({protocol.num_frames} frames at stride {protocol.real_stride}) and decodes: "
+                                    f"{skipped}")
+            mu_r, sigma_r = feature_stats(real_feats)
             num_real, real_info["skipped"] = len(clips), skipped
             if path is not None and rank == 0:
                 stored = dict(key=key, num_clips=num_real, skipped=skipped,
@@ -582,9 +674,6 @@ def compute_fvd(real: Any, fake: Any, protocol: str | FVDProtocol = "fvd16",
                 save_weights({"mu": torch.from_numpy(mu_r), "sigma": torch.from_numpy(sigma_r)}, path, stored)
                 say(f"real statistics cached in {path}")
 
-    fake_clip_set, fake_info = _clips_arg(fake, protocol, "generated")
-    if len(fake_clip_set) == 0:
-        raise ValueError(f"no generated videos found in {fake_info.get('source')}")
     mu_f, sigma_f = feature_stats(extract_features(fake_clip_set, det, desc="I3D generated", **feats))
     fvd = frechet_distance(mu_r, sigma_r, mu_f, sigma_f)
     result = FVDResult(fvd, protocol, det.info, num_real, len(fake_clip_set), real_info, fake_info,
@@ -618,11 +707,19 @@ class FVDConfig:
     seed: Optional[int] = None
     detector: str = "i3d_pt"  # i3d_pt | i3d_torchscript | i3d_rgb_imagenet | random
     detector_path: Optional[str] = None  # else $VIDTOK_I3D_PATH
+    trust_torchscript: bool = False  # i3d_torchscript: torch.jit.load can run code from the file; opt in to load it
     batch_size: int = 8
     num_workers: int = 2
     device: str = "auto"  # auto: the process's GPU when there is one, else CPU
     stats_cache_dir: Optional[str] = "outputs/fvd_stats"
     out: str = "outputs/fvd"  # a .json file or a folder
+
+    def validate(self) -> None:
+        """Numeric settings checked before any work (a ConfigError naming the key)."""
+        from tokenizer.config import check_at_least
+
+        check_at_least(self, ("batch_size",))
+        check_at_least(self, ("num_workers",), low=0)
 
     def resolved_protocol(self) -> FVDProtocol:
         fields_ = ("num_real", "num_fake", "num_frames", "real_stride", "fake_stride", "resolution", "seed")
@@ -655,7 +752,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the eval config")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(FVDConfig, args.config, args.overrides)
+        cfg = load_config(FVDConfig, args.config, args.overrides, validate=FVDConfig.validate)
         protocol = cfg.resolved_protocol()
         if not args.real:
             raise ConfigError("--real is required (data config YAML, folder, or 'samples')")
@@ -675,7 +772,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # else it reports one process while the launcher started several)
         state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
         device = state.device if cfg.device == "auto" else torch.device(cfg.device)
-        detector = build_detector(cfg.detector, cfg.detector_path, device)  # a missing weights file stops here
+        detector = build_detector(cfg.detector, cfg.detector_path, device,  # a missing or wrong weights file stops here
+                                  trust_torchscript=cfg.trust_torchscript)
+        # the generated set before any work (and under --dry-run): every file opens and holds the frames needed
+        fake_count = len(check_fake_sources(list_clip_sources(args.fake), protocol, args.fake))
     except (ConfigError, FileNotFoundError, ValueError) as err:  # DatasetError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -686,10 +786,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(f"{label}{line}" for line in ["--- resolved FVD config ---", *text.splitlines(), "---"]))
         if real.clip_note(protocol):
             print(f"{label}note: {real.clip_note(protocol)}")
+        print(f"{label}generated set: {fake_count} videos checked in {args.fake}")
     if args.dry_run:
         return 0
-    compute_fvd(real, args.fake, protocol, detector, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                device=device, cache_dir=cfg.stats_cache_dir, out=cfg.out, real_overrides=args.real_set)
+    try:
+        compute_fvd(real, args.fake, protocol, detector, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                    device=device, cache_dir=cfg.stats_cache_dir, out=cfg.out, real_overrides=args.real_set)
+    except (FVDInputError, VideoReadError) as err:  # VideoReadError: a generated file that opens but fails to decode
+        text = str(err).strip().splitlines()  # from a DataLoader worker: wrapped, its last line says what failed
+        print(f"error: {text[-1].split(': ', 1)[-1] if 'Original Traceback' in str(err) else text[0]}",
+              file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk or a read-only folder for the statistics cache or the result
+        print(f"error: {write_error_line(err, 'the FVD can be computed again')}", file=sys.stderr)
+        return 4
     return 0
 
 

@@ -35,11 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizer.io import load_state_dict_file, sha256_file, state_dict_fingerprint
+from tokenizer.io import load_state_dict_file, load_torchscript, sha256_file, state_dict_fingerprint
 
 RANDOM_LABEL = "RANDOM-INIT I3D: not comparable to published FVD"
 RGB_IMAGENET_LABEL = "I3D rgb_imagenet.pt (not the TF-Hub I3D): not comparable to published FVD"
 ENV_VAR = "VIDTOK_I3D_PATH"
+TRUST_ENV_VAR = "VIDTOK_TRUST_TORCHSCRIPT"  # =1: load TorchScript detectors (torch.jit.load can run their code)
+# SHA-256 of the published TorchScript detector, when known: a file with this digest loads without opting in. No
+# digest from the publisher (StyleGAN-V's Dropbox link) could be found, so none is pinned: loading is opt-in only.
+PUBLISHED_SHA256: dict[str, str] = {}
 
 # Where each weights file is published (no download happens at run time; the user fetches the file once).
 PUBLISHED = {
@@ -205,11 +209,20 @@ def load_i3d_state_dict(model: InceptionI3d, path: str | Path) -> None:
     Checkpoints saved before PyTorch 0.4 lack BatchNorm's ``num_batches_tracked`` counters; those counters (and
     only those) are filled with 0, they play no part in evaluation.
     """
-    state = load_state_dict_file(path)
+    state = load_state_dict_file(path, role="detector_path")
     state = {k.removeprefix("module."): v for k, v in state.items()}  # DataParallel saves
     for key, value in model.state_dict().items():
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = torch.zeros_like(value)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or extra or wrong:  # e.g. a VAE's weights given as the detector: one line, not torch's key dump
+        problems = [f"{len(v)} {what} (e.g. {', '.join(v[:2])})" for v, what in
+                    ((missing, "missing"), (extra, "unexpected"), (wrong, "of another shape")) if v]
+        raise ValueError(f"detector_path {path} is not an InceptionI3d (Kinetics-400) state dict of {len(own)} "
+                         f"tensors: {'; '.join(problems)}")
     model.load_state_dict(state, strict=True)
 
 
@@ -291,9 +304,14 @@ def build_i3d_rgb_imagenet(path: str | Path | None = None, device: str | torch.d
     return I3DDetector(model.eval().to(device), info)
 
 
-def build_i3d_torchscript(path: str | Path | None = None, device: str | torch.device = "cpu") -> I3DDetector:
+def build_i3d_torchscript(path: str | Path | None = None, device: str | torch.device = "cpu",
+                          trust_torchscript: bool = False) -> I3DDetector:
+    """StyleGAN-V's TorchScript I3D. ``torch.jit.load`` can run code from the file, so it loads only when the user
+    trusts it (``trust_torchscript`` or ``$VIDTOK_TRUST_TORCHSCRIPT=1``) or its SHA-256 is the published one."""
     file = resolve_detector_path("i3d_torchscript", path)
-    net = torch.jit.load(str(file), map_location="cpu").eval()
+    trusted = trust_torchscript or os.environ.get(TRUST_ENV_VAR, "") == "1"
+    net = load_torchscript(file, trusted=trusted, published_sha256=PUBLISHED_SHA256.get("i3d_torchscript"),
+                           role="detector_path").eval()
     info = DetectorInfo("i3d_torchscript", str(file.resolve()), sha256_file(file), False, None)
     return I3DDetector(net.to(device), info, torchscript=True)
 
@@ -312,9 +330,12 @@ DETECTORS = {"i3d_pt": build_i3d_pt, "i3d_torchscript": build_i3d_torchscript,
              "i3d_rgb_imagenet": build_i3d_rgb_imagenet, "random": build_random}
 
 
-def build_detector(name: str, path: str | Path | None = None, device: str | torch.device = "cpu") -> I3DDetector:
-    """A detector by name (``i3d_pt``, ``i3d_torchscript``, ``i3d_rgb_imagenet``, ``random``) with its weights
-    file by path."""
+def build_detector(name: str, path: str | Path | None = None, device: str | torch.device = "cpu",
+                   trust_torchscript: bool = False) -> I3DDetector:
+    """A detector by name (``i3d_pt``, ``i3d_torchscript``, ``i3d_rgb_imagenet``, ``random``) with its weights file
+    by path (``trust_torchscript``: let the TorchScript detector load, see :func:`build_i3d_torchscript`)."""
     if name not in DETECTORS:
         raise ValueError(f"unknown detector '{name}': choose one of {', '.join(DETECTORS)}")
+    if name == "i3d_torchscript":
+        return build_i3d_torchscript(path, device=device, trust_torchscript=trust_torchscript)
     return DETECTORS[name](path, device=device)

@@ -122,7 +122,10 @@ def load_cache_vae(vae_name: str, manifest: dict, vae_ckpt: Optional[str], recor
             raise SourceError(f"{err} (or pass the weights with --vae-ckpt)") from None
     if not Path(vae_ckpt).exists():
         raise SourceError(f"--vae-ckpt {vae_ckpt}: no such file or folder")
-    vae = load_vae(vae_ckpt, device=str(device))
+    try:
+        vae = load_vae(vae_ckpt, device=str(device))
+    except (ValueError, FileNotFoundError) as err:  # a Latte run, a wrong weights file, an unknown VAE name
+        raise SourceError(f"--vae-ckpt {vae_ckpt}: {err}") from None
     if vae.name != ident["name"] or vae.fingerprint() != ident["fingerprint"]:
         raise SourceError(f"--vae-ckpt {vae_ckpt} ('{vae.name}', fingerprint {vae.fingerprint()[:16]}...) is not the "
                           f"VAE the run's latent cache was made with ('{ident['name']}', fingerprint "
@@ -309,16 +312,29 @@ def make_settings(source: "LatteSource", sampler: str, steps: int, cfg_scale: fl
         crf=int(crf), precision="fp16" if source.fp16 else "fp32")
 
 
-def check_out_dir(out: Path, settings: SampleSettings) -> None:
-    """Refuse to mix videos of different settings in one folder; record the settings in a new one."""
+def check_out_dir(out: Path, settings: SampleSettings) -> bool:
+    """Refuse to mix videos of different settings in one folder. Returns True when the settings file is to be
+    written: a new folder, or one whose recorded settings differ but which holds no video yet (a run refused
+    before its first video)."""
     path = out / SETTINGS_FILE
+    has_videos = (out / VIDEO_DIR).is_dir() and any(p.suffix in (".mp4", ".json") and not p.name.startswith(".")
+                                                    for p in (out / VIDEO_DIR).iterdir())
     if path.is_file():
         diff = settings.diff(json.loads(path.read_text()))
-        if diff:
+        if diff and has_videos:
             raise SampleError(f"{out} holds videos sampled with other settings; use another --out, or the same "
                               "settings to resume:\n  " + "\n  ".join(diff))
-    elif (out / VIDEO_DIR).is_dir() and any((out / VIDEO_DIR).iterdir()):
+        return bool(diff)
+    if has_videos:
         raise SampleError(f"{out / VIDEO_DIR} is not empty but {out} has no {SETTINGS_FILE}: not a sample.py folder")
+    return True
+
+
+def check_guidance(cfg_scale: float, num_classes: int) -> None:
+    """Classifier-free guidance needs class labels: refused on an unconditional run, before anything is written."""
+    if cfg_scale != 1.0 and num_classes == 0:
+        raise SampleError(f"--cfg-scale {cfg_scale:g}: the run is unconditional (no classes), so there is nothing to "
+                          "guide; leave --cfg-scale out or set it to 1")
 
 
 def video_paths(out: Path, index: int) -> tuple[Path, Path]:
@@ -400,9 +416,9 @@ def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler
     if num_videos < 1 or batch_size < 1:
         raise SampleError("--num-videos and --batch-size must be >= 1")
     steps = parse_steps(steps)
+    check_guidance(cfg_scale, source.num_classes)
     settings = make_settings(source, sampler, steps, cfg_scale, labels, seed, fps, crf)
-    check_out_dir(out, settings)
-    if not (out / SETTINGS_FILE).is_file():  # every rank: same content, atomic, before its first video
+    if check_out_dir(out, settings):  # every rank: same content, atomic, after validation, before its first video
         write_json(out / SETTINGS_FILE, asdict(settings))
     mine = list(range(rank, num_videos, world_size))
     expected = {i: sidecar(settings, i, video_label(labels, seed, i, source.num_classes), source.class_names)
@@ -575,6 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SampleError("--num-videos and --batch-size must be >= 1")
         args.steps = parse_steps(args.steps)
         source.fp16 = args.fp16
+        check_guidance(cfg_scale, source.num_classes)
         seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
         fvd = _fvd_args(args, source, device) if args.fvd else None
         crf = args.crf if args.crf is not None else (
@@ -585,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed, folder in outs.items():
             check_out_dir(folder, make_settings(source, args.sampler, args.steps, cfg_scale, labels, seed, args.fps,
                                                 crf))
-    except (SampleError, SourceError, ConfigError, FileNotFoundError) as err:
+    except (SampleError, SourceError, ConfigError, FileNotFoundError, ValueError) as err:  # wrong weights files too
         print(f"error: {err}", file=sys.stderr)
         return 2
     if state.is_main_process:
@@ -602,6 +619,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"frames, {fvd[0].resolution} px), detector {fvd[1].info.name}")
     if args.dry_run:
         return 0
+    if state.is_main_process:  # one job per folder; then the hidden temporary files of a killed earlier run go
+        from tokenizer.io import FolderLockedError, hold_folder, remove_stale_temps
+
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            hold_folder(out, "another --out")
+        except FolderLockedError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        for folder in outs.values():
+            remove_stale_temps(folder / VIDEO_DIR)
+            remove_stale_temps(folder)
+    state.wait_for_everyone()  # (the folder's lock goes with this process)
     per_seed = []
     for seed, folder in outs.items():
         try:
@@ -611,6 +641,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SampleError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except OSError as err:  # disk full, permission: every finished video is kept, a re-run continues
+            from tokenizer.io import write_error_line
+
+            hint = "the videos written so far are kept; re-run the same command to continue"
+            print(f"error: {write_error_line(err, hint)}", file=sys.stderr)
+            return 4
         state.wait_for_everyone()  # every rank's videos are on disk
         if state.is_main_process:
             grid = write_grid(folder, range(args.num_videos), args.fps) if args.gif_grid else None

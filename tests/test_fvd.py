@@ -97,7 +97,7 @@ def test_i3d_checkpoint_names_strict_load_and_features(tmp_path, detector, monke
     assert build_detector("i3d_pt").info.path == str(file.resolve())
     bad = tmp_path / "bad.pt"
     torch.save({k: v for k, v in state.items() if k != "Mixed_4c.b2b.bn.weight"}, bad)
-    with pytest.raises(RuntimeError, match="Mixed_4c.b2b.bn.weight"):
+    with pytest.raises(ValueError, match="1 missing \\(e.g. Mixed_4c.b2b.bn.weight\\)"):
         build_detector("i3d_pt", bad)
     # rgb_imagenet.pt holds other weights than the TF-Hub I3D: its own detector name, labelled in every result
     other = tmp_path / "rgb_imagenet.pt"
@@ -169,7 +169,7 @@ class _StyleGANVProbe(torch.nn.Module):
 def test_torchscript_detector_is_called_as_stylegan_v(tmp_path):
     file = tmp_path / "i3d_torchscript.pt"
     torch.jit.script(_StyleGANVProbe()).save(str(file))
-    det = build_detector("i3d_torchscript", file)
+    det = build_detector("i3d_torchscript", file, trust_torchscript=True)  # opted in: torch.jit.load runs its code
     clip = torch.zeros(1, 8, 40, 50, 3, dtype=torch.uint8)  # (n, t, h, w, c): centre crop = columns 5..44
     clip[:, :, :, 25:] = 255  # black left half, white right half: the resized crop still spans 0..255
     feats = extract_features(clip, det, resolution=32, device="cpu", progress=False)
@@ -187,7 +187,8 @@ def test_real_clip_selection_is_seeded_one_per_video(ucf_tree, tmp_path):
     clips, skipped = select_real_clips(videos, protocol)
     again, _ = select_real_clips(videos, protocol)
     other, _ = select_real_clips(videos, protocol.with_overrides(seed=8))
-    assert clips == again and clips != other and skipped == {"too_short": 0, "unreadable": 0, "unreadable_videos": []}
+    assert clips == again and clips != other and skipped == {"too_short": 0, "unreadable": 0, "unreadable_videos": [],
+                                                                "undecodable": 0, "undecodable_videos": []}
     assert len({c.path for c in clips}) == 5
     for c in clips:
         assert np.all(np.diff(c.indices) == 3) and len(c.indices) == 8 and 0 <= c.indices[0] <= 36 - 22

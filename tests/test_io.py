@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -12,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenizer.io import (atomic_write, load_state_dict_file, load_torch_file, load_weights, read_weights_config,
-                          save_weights, torch_save)
+from tokenizer.io import (WeightsFileError, atomic_write, load_state_dict_file, load_torch_file, load_weights,
+                          read_weights_config, save_weights, torch_save)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +56,7 @@ class _Payload:
 def test_load_torch_file_refuses_pickled_code(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"weight": torch.ones(2), "evil": _Payload(marker)}, tmp_path / "evil.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(WeightsFileError, match=r"evil.pt pickles objects besides tensors \(it calls io.open\)"):
         load_torch_file(tmp_path / "evil.pt")
     assert not marker.exists()
     torch.load(tmp_path / "evil.pt", weights_only=False)  # control: the payload is live when trusted blindly

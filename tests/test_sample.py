@@ -156,7 +156,9 @@ def test_videos_do_not_depend_on_batch_size_or_process_split(tiny_run, tmp_path)
     torch.testing.assert_close(whole, alone, atol=1e-4, rtol=0)
     other = sample_batch(source, [video_seed(8, i) for i in range(4)], labels, "ddpm", 4, 3.0, torch.device("cpu"))
     assert (whole - other).abs().mean() > 100 * (whole - alone).abs().max()  # the seed matters, the batch does not
-    kw = dict(num_videos=4, sampler="ddim", steps=3, cfg_scale=2.0, seed=1, progress=False)
+    # crf=0 (lossless x264): at a lossy rate one pixel rounded the other way can change the encoder's decisions for
+    # a whole block, so two runs of one command already differ by ~0.1 grey level on average (measured)
+    kw = dict(num_videos=4, sampler="ddim", steps=3, cfg_scale=2.0, seed=1, progress=False, crf=0)
     sample_videos(source, tmp_path / "b1", batch_size=1, **kw)
     sample_videos(source, tmp_path / "b4", batch_size=4, **kw)
     for r in range(2):  # two "ranks" sharing the work: indices r, r + 2
@@ -165,8 +167,8 @@ def test_videos_do_not_depend_on_batch_size_or_process_split(tiny_run, tmp_path)
         ref = _frames(tmp_path / "b1" / "videos" / f"{i:06d}.mp4").int()
         for other_dir in ("b4", "w2"):
             got = _frames(tmp_path / other_dir / "videos" / f"{i:06d}.mp4").int()
-            # equal up to float rounding (1e-4 above), which H.264 may spread over a few pixels of a block
-            assert (got - ref).abs().float().mean() < 0.2, (other_dir, i)
+            # equal up to float rounding (1e-4 above): a pixel may round to the neighbouring grey level
+            assert (got - ref).abs().float().mean() < 0.05 and (got - ref).abs().max() <= 2, (other_dir, i)
         if i:
             assert (ref - _frames(tmp_path / "b1" / "videos" / f"{i - 1:06d}.mp4").int()).abs().float().mean() > 5
         assert json.loads((tmp_path / "w2" / "videos" / f"{i:06d}.json").read_text()) == \

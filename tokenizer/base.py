@@ -143,6 +143,10 @@ class VideoVAE(nn.Module, abc.ABC):
             record = yaml.safe_load(cfg_file.read_text())
         if not record or "name" not in record:
             raise ValueError(f"{weights} carries no VAE config (expected 'name' and 'config' in its metadata)")
+        if "latent_shape" in record and "vae" in record:  # a Latte run's record (diffusion/latte_run.py)
+            raise ValueError(f"{path} is a Latte run ('{record['name']}', trained on latents of VAE "
+                             f"'{record['vae'].get('name')}'), not a VAE: give the VAE's save_pretrained folder, "
+                             "training run or weights file")
         cls, _ = get_preset(record["name"])
         config = from_dict(cls.config_class, record.get("config", {}), source=str(weights))
         model = cls(config, name=record["name"])

@@ -69,9 +69,9 @@ def load_image_vae(path: str | Path) -> ImageVAE:
             raise FileNotFoundError(f"{folder} is not a diffusers AutoencoderKL folder: need config.json and one of "
                                     f"{', '.join(_WEIGHT_FILES)} ({DIFFUSERS_VAE_SOURCE})")
         config = json.loads(cfg_file.read_text())
-        state = _rename_old_attention(load_state_dict_file(weights))
+        state = _rename_old_attention(load_state_dict_file(weights, role="model.init_from"))
         return ImageVAE(state, config.get("scaling_factor"), config.get("shift_factor"), str(folder))
-    state = load_state_dict_file(path)
+    state = load_state_dict_file(path, role="model.init_from")
     if any(k.startswith("encoder.down.") for k in state):  # original LDM / Flux names
         is_flux = not any(k.startswith("quant_conv") for k in state)
         return ImageVAE(ldm_to_diffusers(state), FLUX_SCALING_FACTOR if is_flux else None,

@@ -151,16 +151,17 @@ def build_lpips(net: str = "vgg", backbone: str | None = None, random_backbone: 
 
 def _load_trunk(model: nn.Module, path: Path) -> None:
     """Copy torchvision ``features.N...`` weights into LPIPS's ``net.sliceK.N...`` modules."""
-    from .io import load_state_dict_file
+    from .io import WeightsFileError, load_state_dict_file
 
-    state = load_state_dict_file(path)
+    state = load_state_dict_file(path, role="lpips_backbone")
     own = model.net.state_dict()
     mapped = {}
     for key in own:
         _, rest = key.split(".", 1)  # 'slice2.3.weight' -> '3.weight' (LPIPS keeps torchvision's indices)
         src = f"features.{rest}"
         if src not in state:
-            raise KeyError(f"{path} is not a torchvision {type(model.net).__name__} state dict: missing '{src}'")
+            raise WeightsFileError(f"lpips_backbone {path} is not a torchvision {type(model.net).__name__} state "
+                                   f"dict: missing '{src}'")
         mapped[key] = state[src]
     model.net.load_state_dict(mapped, strict=True)
 

@@ -11,6 +11,13 @@ from typing import Callable
 _PRESETS: dict[str, tuple[type, Callable]] = {}
 
 
+class UnknownVAEError(KeyError, ValueError):
+    """A VAE name the registry does not know (a ValueError too, so that entry points report it as bad input)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def register_vae(name: str, cls: type) -> Callable:
     """Decorator for a preset function ``() -> Config`` building model class ``cls``."""
 
@@ -31,7 +38,7 @@ def vae_names() -> list[str]:
 def get_preset(name: str) -> tuple[type, Callable]:
     _import_models()
     if name not in _PRESETS:
-        raise KeyError(f"unknown VAE '{name}'; available: {', '.join(sorted(_PRESETS))}")
+        raise UnknownVAEError(f"unknown VAE '{name}'; available: {', '.join(sorted(_PRESETS))}")
     return _PRESETS[name]
 
 

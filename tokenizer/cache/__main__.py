@@ -85,7 +85,7 @@ def _load_vae(args, init_seed: int):
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options and key=value overrides in any order, as the trainers
     if args.verify:
         if not args.out:
             parser.error("--verify needs --out DIR")
@@ -122,11 +122,18 @@ def main(argv: list[str] | None = None) -> int:
                       f"precision {precision}\nidentity: {to_dict(plan.identity['storage'])}")
             return 0
         run_cache(vae, data_cfg, cfg, out, vae_source=source, state=state, show_progress=not args.no_progress)
-    except (ConfigError, DatasetError, CacheError, FrameCountError, FileNotFoundError, KeyError) as err:
-        if state is None or state.is_main_process:
+    except (ConfigError, DatasetError, CacheError, FrameCountError, FileNotFoundError, KeyError, ValueError) as err:
+        if state is None or state.is_main_process:  # ValueError: a wrong weights file, a folder another job holds
             msg = err.args[0] if isinstance(err, KeyError) and err.args else err
             print(f"error: {msg}", file=sys.stderr)
         return 1
+    except OSError as err:  # disk full, permission: finished shards are kept, a re-run continues
+        from ..io import write_error_line
+
+        if state is None or state.is_main_process:
+            print(f"error: {write_error_line(err, 'finished shards are kept; re-run the same command to continue')}",
+                  file=sys.stderr)
+        return 4
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +109,7 @@ class LatentCacheDataset(Dataset):
         self.paths = [v["path"] for v in self.manifest["videos"]]
         self._handles: dict[int, object] = {}
         self._pid = None
+        self._reported: set[int] = set()  # clips whose non-finite latents were reported (once each, per process)
 
     # ----------------------------------------------------------------------------------------------- metadata
     def __len__(self) -> int:
@@ -138,8 +140,17 @@ class LatentCacheDataset(Dataset):
         if self._pid != os.getpid():  # handles do not survive a fork into DataLoader workers: reopen per process
             self._handles, self._pid = {}, os.getpid()
         if k not in self._handles:
-            self._handles[k] = safe_open(self.files[k], framework="pt")  # memory-mapped, nothing read yet
+            try:
+                self._handles[k] = safe_open(self.files[k], framework="pt")  # memory-mapped, nothing read yet
+            except Exception as err:  # missing, truncated, not safetensors: SafetensorError / OSError
+                raise self._shard_error(k, err) from None
         return self._handles[k]
+
+    def _shard_error(self, k: int, err: Exception) -> CacheError:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return CacheError(f"cache shard {self.files[k]} cannot be read ({reason}); check the cache with "
+                          f"`python -m tokenizer.cache --verify --out {self.cache_dir}` and re-run the cache job to "
+                          "rewrite bad shards")
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -158,11 +169,21 @@ class LatentCacheDataset(Dataset):
         k, row = self.locate(index)
         f = self._shard(k)
         names = ("mean", "std", "label", "item", "flip", "video", "start", "clip")
-        return {n: f.get_slice(n)[row:row + 1][0] for n in names if n in f.keys()}  # copies this row only
+        try:
+            return {n: f.get_slice(n)[row:row + 1][0] for n in names if n in f.keys()}  # copies this row only
+        except Exception as err:  # rows past a truncation, a damaged header
+            raise self._shard_error(k, err) from None
 
     def __getitem__(self, index: int) -> dict:
         r = self.raw(index)
         z = r["mean"].float()  # (C, T', H', W')
+        if index not in self._reported and not torch.isfinite(z).all():
+            self._reported.add(index)  # once per clip: the trainer's NaN guard skips the steps it poisons
+            k, row = self.locate(index)
+            warnings.warn(f"cache {self.cache_dir}: clip {index} (shard {Path(self.files[k]).name} row {row}, "
+                          f"{self.paths[int(r['video'])]} from frame {int(r['start'])}) holds "
+                          f"{int((~torch.isfinite(z)).sum())} non-finite latent values; check the cache with "
+                          "--verify", stacklevel=2)
         if self.sample:
             g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, index])
                                                   .generate_state(1)[0]))

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ..config import ConfigError, to_dict
 from ..data import DataConfig, VideoReadError
-from ..io import atomic_write, sha256_file, write_json
+from ..io import LOCK_FILE, atomic_write, hold_folder, release_folder, sha256_file, write_json
 from .config import CacheConfig
 from .manifest import (FORMAT, MANIFEST, SHARD_DIR, SHARD_METADATA_KEY, VERSION, CacheError, CacheMismatchError, combine_stats,
                        identity_diff, read_manifest, shard_path, sidecar_path)
@@ -58,7 +58,7 @@ def _claim_folder(out: Path, plan: CachePlan, vae_source: str) -> None:
         tmp.unlink(missing_ok=True)  # left by a kill in the middle of an atomic write (the first manifest too)
     if (out / MANIFEST).is_file():
         return
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         return  # not ours: every rank refuses it in _check_folder
     write_json(out / MANIFEST, _plan_manifest(plan, vae_source))
 
@@ -308,6 +308,17 @@ def run_cache(vae, data_cfg: DataConfig, cfg: CacheConfig, out: str | Path, vae_
     """
     out = Path(out)
     state = state if state is not None else make_state(cfg)
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        hold_folder(out, "another --out")  # one cache job per folder; a second launch is refused by name
+    try:
+        return _run_cache(vae, data_cfg, cfg, out, vae_source, state, show_progress, log, dataset)
+    finally:
+        release_folder(out)
+
+
+def _run_cache(vae, data_cfg: DataConfig, cfg: CacheConfig, out: Path, vae_source: str, state, show_progress: bool,
+               log, dataset) -> dict:
     device, precision = resolve_runtime(cfg, state)
     plan = make_plan(vae, data_cfg, cfg, precision, dataset=dataset)
     main = state.is_main_process

@@ -38,6 +38,7 @@ class TrainLoop:
             self.monitor.close()
             if t.tracker != "none":
                 self.accelerator.end_training()
+            self.run.unlock()  # the folder is free for the next job (a killed process frees it as well)
         return {"step": self.step, "run_dir": str(self.run.root), "skipped": self.guard.total}
 
     def finish(self) -> None:
@@ -94,6 +95,15 @@ class TrainLoop:
             print(msg, flush=True)
 
 
+def _line(err: BaseException) -> str:
+    """An error as one line: a DataLoader worker's error arrives wrapped with its traceback; its last line says it."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def train_main(argv: Sequence[str] | None, *, doc: str, config_help: str, schema: type,
                validate: Callable[[Any], None], make_trainer: Callable[[Any], TrainLoop],
                describe: Callable[[Any, TrainLoop], str], errors: tuple[type[BaseException], ...] = ()) -> int:
@@ -101,8 +111,10 @@ def train_main(argv: Sequence[str] | None, *, doc: str, config_help: str, schema
 
     Exit codes: 0 done (or dry run), 2 bad config or inputs (``ConfigError``, ``ValueError``,
     ``FileNotFoundError`` and ``errors`` raised while building the trainer or opening its run folder, printed in
-    one line), 3 the run stopped on repeated non-finite losses. ``describe(cfg, trainer)`` is printed by the main process after the resolved
-    config, before any step.
+    one line; a run folder another job holds), 3 the run stopped on repeated non-finite losses, 4 a write failed
+    (disk full, permission: one line naming the file and the free space; the last complete checkpoint is intact,
+    so the same command resumes once there is room). ``describe(cfg, trainer)`` is printed by the main process
+    after the resolved config, before any step.
     """
     from tokenizer.training.guard import NonFiniteLossError
 
@@ -117,11 +129,17 @@ def train_main(argv: Sequence[str] | None, *, doc: str, config_help: str, schema
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    from tokenizer.io import write_error_line
+
+    resume = "the last complete checkpoint is intact: re-run the same command to resume"
     try:
         trainer = make_trainer(cfg)
     except (ValueError, FileNotFoundError, *errors) as err:  # ConfigError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the run folder cannot be created or written
+        print(f"error: {write_error_line(err, resume)}", file=sys.stderr)
+        return 4
     main_process = trainer.accelerator.is_main_process
     if main_process:
         print_config(cfg, file=sys.stdout)
@@ -134,8 +152,11 @@ def train_main(argv: Sequence[str] | None, *, doc: str, config_help: str, schema
         print(f"error: {err}", file=sys.stderr)
         return 3
     except (ValueError, FileNotFoundError, *errors) as err:  # found while opening the run: another model, ...
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_line(err)}", file=sys.stderr)  # or while reading: a broken cache shard
         return 2
+    except OSError as err:  # disk full, permission: nothing complete is lost
+        print(f"error: {write_error_line(err, resume)}", file=sys.stderr)
+        return 4
     if main_process:
         print(f"done: step {summary['step']} in {summary['run_dir']} ({summary['skipped']} steps skipped)")
     return 0

@@ -17,6 +17,12 @@ A checkpoint is written into ``.step-000100.partial/``, renamed into place when 
 part, and only then is ``latest`` switched to it; stale ``.partial`` folders are removed at the next start. So
 ``latest`` always names a complete checkpoint, and a restart with the same command resumes from it.
 
+One job per folder: the main process holds an exclusive ``fcntl.flock`` on ``.lock`` (which records its pid and
+host) from the moment it opens the folder until the run ends or the process dies (the kernel drops the lock of a
+killed process). A second launch into the same folder is refused (:class:`RunLockedError`, naming the holder)
+before it touches anything; the holder, and only it, removes what killed writers left behind: ``.partial``
+checkpoint folders and the hidden temporary files of :mod:`tokenizer.io` in the folder and in ``samples/``.
+
 The class knows nothing of models: callers hand it plain state dicts. With several processes, pass the
 process index and a barrier (``RunDir.for_accelerator``); the folder must be on a file system all processes share.
 """
@@ -30,7 +36,13 @@ from typing import Any, Callable
 import torch
 import yaml
 
-from ..io import load_torch_file, save_weights, torch_save, write_text
+from ..io import (FolderLockedError, hold_folder, load_torch_file, release_folder, remove_stale_temps, save_weights,
+                  torch_save, write_text)
+
+
+class RunLockedError(FolderLockedError):
+    """The run folder is held by another running job."""
+
 
 LATEST = "latest"
 CONFIG = "config.yaml"
@@ -53,10 +65,12 @@ class RunDir:
             ``None`` keeps all.
         rank: this process's index; ``is_main`` defaults to ``rank == 0``.
         barrier: a function every process calls to wait for the others (``accelerator.wait_for_everyone``).
+        lock: the main process takes the folder's lock (:class:`RunLockedError` if another job holds it) and
+            cleans up after killed writers (what a training job does, see :meth:`for_accelerator`).
     """
 
     def __init__(self, root: str | Path, keep_last: int | None = 3, rank: int = 0, is_main: bool | None = None,
-                 barrier: Callable[[], None] | None = None):
+                 barrier: Callable[[], None] | None = None, lock: bool = False):
         if keep_last is not None and keep_last < 1:
             raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
         self.root = Path(root)
@@ -66,14 +80,29 @@ class RunDir:
         self._barrier = barrier or (lambda: None)
         if self.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
+            if lock:
+                self.lock()  # before anything is removed: another job's .partial is not stale
+                remove_stale_temps(self.root)  # config, latest, run record ... temporaries of a killed writer
+                remove_stale_temps(self.samples_dir)
             for stale in self.root.glob(".step-*.partial"):  # a checkpoint a kill interrupted
                 shutil.rmtree(stale, ignore_errors=True)
         self._barrier()
 
+    # --- one job per folder ---------------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold the folder for this process (re-entrant within it); another live holder is a RunLockedError."""
+        try:
+            hold_folder(self.root, "another train.run_dir")
+        except FolderLockedError as err:
+            raise RunLockedError(f"run folder {err}") from None
+
+    def unlock(self) -> None:
+        release_folder(self.root)
+
     @classmethod
     def for_accelerator(cls, root: str | Path, accelerator: Any, keep_last: int | None = 3) -> "RunDir":
         return cls(root, keep_last=keep_last, rank=accelerator.process_index,
-                   is_main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone)
+                   is_main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone, lock=True)
 
     # --- paths ----------------------------------------------------------------------------------------------
     @property

@@ -116,6 +116,16 @@ def validate(cfg: VAETrainConfig) -> None:
                   ("model.init_weights", cfg.model.init_weights, INIT_WEIGHTS))
     check_at_least(t, ("max_steps", "batch_size", "checkpoint_every", "sample_every", "log_every", "max_nonfinite",
                        "keep_last"), prefix="train.")
+    check_at_least(t, ("num_workers",), low=0, prefix="train.")
+    from ..registry import vae_names
+
+    check_choices(("model.name", cfg.model.name, tuple(vae_names())))
+    o = cfg.optim
+    for key in ("lr", "disc_lr"):
+        if getattr(o, key) is not None and not getattr(o, key) > 0:
+            raise ConfigError(f"invalid value 'optim.{key}={getattr(o, key)}': must be > 0")
+    if o.weight_decay < 0:
+        raise ConfigError(f"invalid value 'optim.weight_decay={o.weight_decay}': must be >= 0")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"invalid value 'train.ema_decay={t.ema_decay}': must be in [0, 1)")
     if len(cfg.optim.betas) != 2:
