@@ -13,6 +13,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from tokenizer.config import ConfigError, check_at_least, check_choices
+from tokenizer.training.trackers import check_tracker
 
 from .gaussian_diffusion import BETA_SCHEDULES
 from .latte import LATTE_PRESETS
@@ -20,7 +21,6 @@ from .samplers import SAMPLERS
 
 # fp16 is left out: its dynamic loss scaler must see overflowing steps, which the non-finite guard skips
 PRECISIONS = ("no", "bf16")
-TRACKERS = ("tensorboard", "none")
 SAMPLE_FORMATS = ("gif", "mp4")
 NORMALIZE = ("stats", "vae", "none")
 CONDITIONING = ("auto", "class", "none")
@@ -103,7 +103,8 @@ class TrainSection:
     keep_last: int = 3
     log_every: int = 50
     max_nonfinite: int = 5  # stop after this many consecutive non-finite steps
-    tracker: str = "tensorboard"  # tensorboard | none
+    tracker: str = "tensorboard"  # any accelerate tracker, comma-separated ones, all, or none
+    tracker_project: str = "vidtok-lab"  # project name for the trackers (tensorboard: trackers/<it>)
     progress_bar: bool = True
     check_replicas: bool = True  # at each checkpoint, compare every process's weights (DDP desync detector)
     fsdp: bool = False  # shard parameters, gradients and AdamW state over the processes (FSDP2) instead of DDP
@@ -123,12 +124,13 @@ class LatteTrainConfig:
 def validate(cfg: LatteTrainConfig) -> None:
     """Checks of single fields and field combinations; raises ConfigError naming the key."""
     t, s = cfg.train, cfg.sample
-    check_choices(("train.mixed_precision", t.mixed_precision, PRECISIONS), ("train.tracker", t.tracker, TRACKERS),
+    check_choices(("train.mixed_precision", t.mixed_precision, PRECISIONS),
                   ("sample.format", s.format, SAMPLE_FORMATS), ("sample.sampler", s.sampler, tuple(SAMPLERS)),
                   ("model.name", cfg.model.name, tuple(LATTE_PRESETS)),
                   ("diffusion.beta_schedule", cfg.diffusion.beta_schedule, BETA_SCHEDULES),
                   ("data.normalize", cfg.data.normalize, NORMALIZE),
                   ("data.conditioning", cfg.data.conditioning, CONDITIONING))
+    check_tracker("train.tracker", t.tracker)
     check_at_least(t, ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "max_nonfinite",
                        "keep_last"), prefix="train.")
     for key in ("every", "num", "steps"):

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             if state.is_main_process:
                 print(plan.dataset.report())
                 print(f"plan: {plan.num_items} items x {plan.copies} = {plan.num_items * plan.copies} clips, latent "
-                      f"{plan.latent_shape} {cfg.dtype}, {plan.num_shards} shards of {plan.items_per_shard} items, "
+                      f"{plan.latent_shape} {cfg.dtype}, {plan.shard_summary()}, "
                       f"precision {precision}\nidentity: {to_dict(plan.identity['storage'])}")
             return 0
         run_cache(vae, data_cfg, cfg, out, vae_source=source, state=state, show_progress=not args.no_progress)

@@ -20,10 +20,10 @@ from ..data import DataConfig
 from ..discriminator import DiscriminatorConfig
 from ..losses import LossConfig
 from ..motion import MotionLossConfig
+from .trackers import check_tracker
 
 STAGES = ("vae", "motion")
 PRECISIONS = ("no", "bf16")  # fp16 would need one gradient scaler per optimiser: not offered
-TRACKERS = ("tensorboard", "none")
 SAMPLE_FORMATS = ("gif", "mp4")
 INIT_WEIGHTS = ("model", "ema")
 
@@ -91,7 +91,8 @@ class TrainSection:
     sample_fps: float = 8.0
     log_every: int = 10
     max_nonfinite: int = 5  # stop after this many consecutive steps with a NaN / Inf loss or gradient
-    tracker: str = "tensorboard"  # tensorboard | none
+    tracker: str = "tensorboard"  # any accelerate tracker, comma-separated ones, all, or none
+    tracker_project: str = "vidtok-lab"  # project name for the trackers (tensorboard: trackers/<it>)
     progress_bar: bool = True
 
 
@@ -112,8 +113,9 @@ def validate(cfg: VAETrainConfig) -> None:
     """Checks that need several fields; raises ConfigError with the offending key."""
     t = cfg.train
     check_choices(("train.stage", t.stage, STAGES), ("train.mixed_precision", t.mixed_precision, PRECISIONS),
-                  ("train.tracker", t.tracker, TRACKERS), ("train.sample_format", t.sample_format, SAMPLE_FORMATS),
+                  ("train.sample_format", t.sample_format, SAMPLE_FORMATS),
                   ("model.init_weights", cfg.model.init_weights, INIT_WEIGHTS))
+    check_tracker("train.tracker", t.tracker)
     check_at_least(t, ("max_steps", "batch_size", "checkpoint_every", "sample_every", "log_every", "max_nonfinite",
                        "keep_last"), prefix="train.")
     if not 0 <= t.ema_decay < 1:
