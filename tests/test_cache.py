@@ -411,7 +411,7 @@ def test_killed_run_resumes_and_two_processes_match_one(ucf_tree, tiny_data_cfg,
     res = subprocess.run(["bash", str(REPO / "scripts" / "cache_latents.sh"), *_cli_args(ckpt, data_yaml, two)[2:]],
                          cwd=REPO, env={**_env(), "NPROC": "2"}, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "2 process(es)" in res.stdout and "2 processes," in res.stdout
+    assert "(2 processes)" in res.stdout and "2 processes," in res.stdout
 
     for out in (killed, two):  # same shards byte for byte, same statistics, nothing left over
         manifest = read_manifest(out)

@@ -73,6 +73,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     from this environment (a .pth file), and run `vidtok` from a folder with no configs/: --help, the bundled
     config list, and a cache dry run that reads configs/data/samples_tiny.yaml from the wheel's copy."""
     src = tmp_path / "src"
+    src.mkdir()
     for name in ("pyproject.toml", "README.md", "tokenizer", "diffusion", "pipelines", "configs"):
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
         copy(ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
