@@ -356,22 +356,19 @@ class Latte(nn.Module):
 
     # --- cost -----------------------------------------------------------------------------------------------
     def flops(self, batch: int = 1) -> int:
-        """Forward FLOPs (2 per multiply-add) of matmuls, convolutions and attention for ``batch`` clips, as this
-        implementation runs them (modulation once per sample). Training costs about 3x this."""
-        cfg = self.config
-        d, p, f = cfg["hidden_size"], cfg["patch_size"], cfg["num_frames"]
-        n = (cfg["input_size"] // p) ** 2
-        hidden = int(d * cfg["mlp_ratio"])
-        tokens = f * n
-        per_token_block = 2 * (3 * d * d + d * d + 2 * d * hidden)  # qkv, proj, fc1 + fc2
-        spatial_attn = f * 2 * (2 * n * n * d)  # q k^T and attn v over each frame's n tokens
-        temporal_attn = n * 2 * (2 * f * f * d)  # over each position's f frames
-        per_sample = (2 * tokens * cfg["in_channels"] * p * p * d  # patch embedding
-                      + 2 * (self.t_embedder.frequency_size * d + d * d)  # timestep MLP
-                      + len(self.blocks) * (tokens * per_token_block + 2 * d * 6 * d)
-                      + len(self.blocks) // 2 * (spatial_attn + temporal_attn)
-                      + 2 * d * 2 * d + 2 * tokens * d * p * p * self.out_channels)  # final layer
-        return batch * per_sample
+        """Forward FLOPs (2 per multiply-add) for ``batch`` clips, counted by ``torch.utils.flop_counter`` on a
+        twin built on the meta device (shapes only, nothing computed); attention is counted as its two matmuls
+        (the math backend). Training costs about 3x this."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.device("meta"):
+            twin = Latte(**self.config, attention="math").eval()
+            x = torch.empty(batch, self.in_channels, self.num_frames, self.input_size, self.input_size)
+            t = torch.zeros(batch, dtype=torch.long)
+            y = torch.zeros(batch, dtype=torch.long) if self.num_classes > 0 else None
+        with FlopCounterMode(display=False) as counter:
+            twin(x, t, y)
+        return counter.get_total_flops()
 
 
 # --------------------------------------------------------------------------------------------------- presets

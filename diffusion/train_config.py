@@ -12,7 +12,8 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from tokenizer.config import ConfigError, check_at_least, check_choices
+from tokenizer.config import Choice, ConfigError, check_at_least, check_choices
+from tokenizer.data.video_io import VideoFormat
 from tokenizer.training.trackers import check_tracker
 
 from .gaussian_diffusion import BETA_SCHEDULES
@@ -21,9 +22,15 @@ from .samplers import SAMPLERS
 
 # fp16 is left out: its dynamic loss scaler must see overflowing steps, which the non-finite guard skips
 PRECISIONS = ("no", "bf16")
-SAMPLE_FORMATS = ("gif", "mp4")
-NORMALIZE = ("stats", "vae", "none")
-CONDITIONING = ("auto", "class", "none")
+
+
+class Normalize(Choice):
+    stats = "stats"  # the manifest's per-channel mean / std
+    vae = "vae"  # the VAE's scaling / shift factors
+    none = "none"
+
+
+CONDITIONING = ("auto", "class", "none")  # a string choice: 'class' cannot name an Enum member
 
 
 @dataclass
@@ -51,7 +58,7 @@ class VAESection:
 @dataclass
 class DataSection:
     cache_dir: str = MISSING  # a complete latent cache folder
-    normalize: str = "stats"  # stats (manifest per-channel mean/std) | vae (scale/shift) | none
+    normalize: Normalize = Normalize.stats  # stats (manifest per-channel mean/std) | vae (scale/shift) | none
     sample_posterior: bool = True  # z = mu + sigma * eps per item (as Latte's vae.encode().sample()); needs std
     conditioning: str = "auto"  # class (num_classes from the manifest) | none (unconditional) | auto: class if >1
     num_workers: int = 0  # DataLoader workers per process
@@ -85,7 +92,7 @@ class SampleSection:
     steps: int = 25
     cfg_scale: float = 1.0  # classifier-free guidance on the eps channels (1 = none)
     seed: int = 0  # the same noise and labels at every sample step
-    format: str = "gif"
+    format: VideoFormat = VideoFormat.gif
     fps: float = 8.0
 
 
@@ -125,10 +132,9 @@ def validate(cfg: LatteTrainConfig) -> None:
     """Checks of single fields and field combinations; raises ConfigError naming the key."""
     t, s = cfg.train, cfg.sample
     check_choices(("train.mixed_precision", t.mixed_precision, PRECISIONS),
-                  ("sample.format", s.format, SAMPLE_FORMATS), ("sample.sampler", s.sampler, tuple(SAMPLERS)),
+                  ("sample.sampler", s.sampler, tuple(SAMPLERS)),
                   ("model.name", cfg.model.name, tuple(LATTE_PRESETS)),
                   ("diffusion.beta_schedule", cfg.diffusion.beta_schedule, BETA_SCHEDULES),
-                  ("data.normalize", cfg.data.normalize, NORMALIZE),
                   ("data.conditioning", cfg.data.conditioning, CONDITIONING))
     check_tracker("train.tracker", t.tracker)
     check_at_least(t, ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "max_nonfinite",

@@ -79,13 +79,13 @@ class LatteTrainer(TrainLoop):
         self.spec: CacheSpec = open_cache(cfg, self.vae.fingerprint() if self.vae is not None else None)
         d = cfg.data
         self.dataset = dataset if dataset is not None else LatentCacheDataset(
-            self.spec.cache_dir, expect_fingerprint=self.spec.vae["fingerprint"], normalize=d.normalize,
+            self.spec.cache_dir, expect_fingerprint=self.spec.vae["fingerprint"], normalize=str(d.normalize),
             sample=d.sample_posterior, seed=derive_seed(t.seed, _LATENT))
         normalizer = getattr(self.dataset, "normalizer", None)
         if normalizer is None:
             from tokenizer.cache import LatentNormalizer
 
-            normalizer = LatentNormalizer.from_manifest(self.spec.manifest, d.normalize, d.sample_posterior)
+            normalizer = LatentNormalizer.from_manifest(self.spec.manifest, str(d.normalize), d.sample_posterior)
         self.normalizer = normalizer
         self.record = run_record(cfg, self.spec, normalizer)
         if cfg.sample.every > 0 and acc.is_main_process and self.vae is None:

@@ -122,15 +122,6 @@ def rfvd(originals: torch.Tensor, reconstructions: torch.Tensor, detector: str |
                        verbose=verbose)
 
 
-def _all_gather_objects(obj: Any) -> list[Any]:
-    rank, world = dist_info()
-    if world == 1:
-        return [obj]
-    parts: list[Any] = [None] * world
-    torch.distributed.all_gather_object(parts, obj)
-    return parts
-
-
 class ReconMetrics:
     """Streaming PSNR / SSIM / LPIPS (and optionally rFVD) over (original, reconstruction) video pairs.
 
@@ -191,7 +182,9 @@ class ReconMetrics:
         """This rank's state merged with every other rank's (identity on one process)."""
         state = (self.sums, self.counts, self.num_videos,
                  {k: np.concatenate(v) if v else np.zeros((0, 400)) for k, v in self.features.items()})
-        parts = _all_gather_objects(state)
+        from accelerate.utils import gather_object  # all_gather_object under the accelerate / torchrun launch
+
+        parts = gather_object([state]) if dist_info()[1] > 1 else [state]
         length = max(len(p[1]) for p in parts)
         pad = lambda a: np.pad(a, (0, length - len(a)))  # noqa: E731
         sums = {k: sum(pad(p[0][k]) for p in parts) for k in self.NAMES}

@@ -172,8 +172,9 @@ class VideoVAE(nn.Module, abc.ABC):
             model.card = folder_config.get(pretrained.CARD_KEY) or {}
         elif weights.parent.name.startswith("step-"):  # a training run's EMA weights
             run = weights.parent.parent
-            model.card = {"training": f"EMA weights of the vidtok-lab training run `{run.name}` at {weights.parent.name} "
-                                      f"(tokenizer/train_vae.py; the resolved config is the run's config.yaml)."}
+            model.card = {"training": f"EMA weights of the vidtok-lab training run `{run.name}` at "
+                                      f"{weights.parent.name} (tokenizer/train_vae.py; the resolved config is the "
+                                      "run's config.yaml)."}
         return model.to(device).eval()
 
 

@@ -11,6 +11,7 @@ at that level.
 from __future__ import annotations
 
 import dataclasses
+from enum import Enum
 import os
 import re
 import sys
@@ -176,12 +177,25 @@ def from_dict(schema: type[T], values: dict, source: str = "<dict>") -> T:
     return _build(cfg, [(source, set(flatten(values)))], None)
 
 
+class Choice(str, Enum):
+    """Base of a config field with a fixed set of string values: omegaconf refuses any other value by itself
+    ("expected one of [...]"); a member equals, prints and serialises as its value (members are named as their
+    values, which is what omegaconf matches a YAML string against)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
 def to_dict(cfg: Any) -> dict:
-    """A dataclass config as a plain, YAML/JSON-serialisable dict."""
+    """A dataclass config as a plain, YAML/JSON-serialisable dict (:class:`Choice` fields as their values)."""
     if dataclasses.is_dataclass(cfg):
-        return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+        return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True,  # type: ignore[return-value]
+                                      enum_to_str=True)
     if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+        return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
     return dict(cfg)
 
 

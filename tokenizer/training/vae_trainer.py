@@ -274,7 +274,7 @@ class VAETrainer(TrainLoop):
                 raise ConfigError(f"model.init_from: {cfg.name} cannot be initialised from an image VAE")
             init(cfg.init_from)
         if cfg.init_from_run:
-            state = load_init_weights(cfg.init_from_run, cfg.init_weights)
+            state = load_init_weights(cfg.init_from_run, str(cfg.init_weights))
             missing, unexpected = self.model.load_state_dict(state, strict=False)
             if missing or unexpected:
                 raise ConfigError(f"model.init_from_run={cfg.init_from_run} does not fit {cfg.name}: "
