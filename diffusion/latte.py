@@ -18,6 +18,7 @@ parameters in the public code), saved in the state dict under the same names and
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -26,6 +27,8 @@ from einops import rearrange
 from timm.layers import Mlp, PatchEmbed
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from tokenizer import pretrained
 
 ATTENTION_BACKENDS = ("sdpa", "math", "xformers")
 
@@ -316,24 +319,56 @@ class Latte(nn.Module):
         x = self.final_layer(x, c)  # (b f) n (p p c)
         return rearrange(x, "(b f) (gh gw) (p q c) -> b c f (gh p) (gw q)", b=b, gh=g, p=p, q=p)
 
+    # --- persistence (a diffusers-style folder, see tokenizer.pretrained) --------------------------------------
+    def save_pretrained(self, folder: str | Path, name: str | None = None, training: str | None = None,
+                        metrics: dict | None = None) -> Path:
+        """``config.json`` (the build arguments), ``diffusion_pytorch_model.safetensors`` and a model card
+        ``README.md``; ``name`` is the preset it was built from, ``training`` / ``metrics`` go on the card."""
+        card = pretrained.merge_card(getattr(self, "card", None), training, metrics)
+        name = name or getattr(self, "preset", None)
+        card["usage"] = ["from diffusion.latte import Latte", f'model = Latte.from_pretrained("{Path(folder).name}")',
+                         "# or, through diffusers:", "from tokenizer.diffusers_compat import VidtokLatte",
+                         f'model = VidtokLatte.from_pretrained("{Path(folder).name}").model']
+        cfg = self.config
+        facts = {"preset": f"`{name}`" if name else "not recorded",
+                 "parameters": f"{sum(p.numel() for p in self.parameters()):,}",
+                 "depth / hidden / heads": f"{cfg['depth']} / {cfg['hidden_size']} / {cfg['num_heads']}",
+                 "latent input (c, t, h, w)": (f"({cfg['in_channels']}, {cfg['num_frames']}, {cfg['input_size']}, "
+                                               f"{cfg['input_size']})"),
+                 "patch size": cfg["patch_size"],
+                 "conditioning": f"{cfg['num_classes']} classes" if cfg["num_classes"] else "unconditional",
+                 "output": "eps + learned variance (IDDPM)" if cfg["learn_sigma"] else "eps"}
+        text = pretrained.model_card(f"{name or 'Latte'}: a vidtok-lab Latte model",
+                                     "A Latte latent video diffusion transformer (Ma et al. 2024, variant 1: "
+                                     "interleaved spatial / temporal blocks), public Latte state-dict names.",
+                                     facts, card)
+        self.card, self.preset = card, name
+        return pretrained.save_folder(folder, self.state_dict(), pretrained.LATTE_CLASS, name, dict(cfg), card,
+                                      text)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> "Latte":
+        state, config = pretrained.load_folder(folder, pretrained.LATTE_CLASS, device=device)
+        model = cls(**config["build_args"])
+        model.load_state_dict(state, strict=True)
+        model.card, model.preset = config.get(pretrained.CARD_KEY) or {}, config.get("name")
+        return model.to(device).eval()
+
     # --- cost -----------------------------------------------------------------------------------------------
     def flops(self, batch: int = 1) -> int:
-        """Forward FLOPs (2 per multiply-add) of matmuls, convolutions and attention for ``batch`` clips, as this
-        implementation runs them (modulation once per sample). Training costs about 3x this."""
-        cfg = self.config
-        d, p, f = cfg["hidden_size"], cfg["patch_size"], cfg["num_frames"]
-        n = (cfg["input_size"] // p) ** 2
-        hidden = int(d * cfg["mlp_ratio"])
-        tokens = f * n
-        per_token_block = 2 * (3 * d * d + d * d + 2 * d * hidden)  # qkv, proj, fc1 + fc2
-        spatial_attn = f * 2 * (2 * n * n * d)  # q k^T and attn v over each frame's n tokens
-        temporal_attn = n * 2 * (2 * f * f * d)  # over each position's f frames
-        per_sample = (2 * tokens * cfg["in_channels"] * p * p * d  # patch embedding
-                      + 2 * (self.t_embedder.frequency_size * d + d * d)  # timestep MLP
-                      + len(self.blocks) * (tokens * per_token_block + 2 * d * 6 * d)
-                      + len(self.blocks) // 2 * (spatial_attn + temporal_attn)
-                      + 2 * d * 2 * d + 2 * tokens * d * p * p * self.out_channels)  # final layer
-        return batch * per_sample
+        """Forward FLOPs (2 per multiply-add) for ``batch`` clips, counted by ``torch.utils.flop_counter`` on a
+        twin built on the meta device (shapes only, nothing computed); attention is counted as its two matmuls
+        (the math backend). Training costs about 3x this."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.device("meta"):
+            twin = Latte(**self.config, attention="math").eval()
+            x = torch.empty(batch, self.in_channels, self.num_frames, self.input_size, self.input_size)
+            t = torch.zeros(batch, dtype=torch.long)
+            y = torch.zeros(batch, dtype=torch.long) if self.num_classes > 0 else None
+        with FlopCounterMode(display=False) as counter:
+            twin(x, t, y)
+        return counter.get_total_flops()
 
 
 # --------------------------------------------------------------------------------------------------- presets
@@ -355,4 +390,6 @@ def build_latte(name: str, **kwargs) -> Latte:
     they may also override a preset's width or depth."""
     if name not in LATTE_PRESETS:
         raise KeyError(f"unknown Latte preset '{name}': choose one of {', '.join(LATTE_NAMES)}")
-    return Latte(**{**LATTE_PRESETS[name], **kwargs})
+    model = Latte(**{**LATTE_PRESETS[name], **kwargs})
+    model.preset = name
+    return model

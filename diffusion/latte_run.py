@@ -171,6 +171,20 @@ class LatteRun:
     def latent_shape(self) -> tuple[int, int, int, int]:
         return tuple(self.record["latent_shape"])
 
+    def save_pretrained(self, folder: str | Path, metrics: dict | None = None) -> Path:
+        """The model as a diffusers-style folder (``Latte.save_pretrained``) whose card says what it was trained
+        on, plus the run record (latte_run.json) for a sampler."""
+        r, cache, vae = self.record, self.record["cache"], self.record["vae"]
+        training = (f"Trained with vidtok-lab's diffusion/train_latte.py on cached latents of "
+                    f"{cache.get('dataset')} ({cache.get('split')} split, {cache.get('clips')} clips of "
+                    f"{cache.get('num_frames')} frames, frame interval {cache.get('frame_interval')}, "
+                    f"{cache.get('resolution')} px) encoded by the VAE '{vae['name']}' (weights fingerprint "
+                    f"{vae['fingerprint'][:16]}...); {self.which} weights at step {self.step}; "
+                    f"{r['diffusion']['num_timesteps']}-step {r['diffusion']['beta_schedule']} noise schedule.")
+        folder = self.model.save_pretrained(folder, name=r["name"], training=training, metrics=metrics)
+        write_json(Path(folder) / RUN_RECORD, r)
+        return Path(folder)
+
     def vae(self, ckpt: str | Path | None = None, device: str | torch.device = "cpu"):
         """The cache's VAE, verified by fingerprint (see :func:`tokenizer.cache.cache_vae`)."""
         return cache_vae(self.manifest, ckpt or self.record["vae"].get("ckpt"), device=device)

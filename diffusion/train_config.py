@@ -12,7 +12,9 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from tokenizer.config import ConfigError, check_at_least, check_choices
+from tokenizer.config import Choice, ConfigError, check_at_least, check_choices
+from tokenizer.data.video_io import VideoFormat
+from tokenizer.training.trackers import check_tracker
 
 from .gaussian_diffusion import BETA_SCHEDULES
 from .latte import LATTE_PRESETS
@@ -20,10 +22,15 @@ from .samplers import SAMPLERS
 
 # fp16 is left out: its dynamic loss scaler must see overflowing steps, which the non-finite guard skips
 PRECISIONS = ("no", "bf16")
-TRACKERS = ("tensorboard", "none")
-SAMPLE_FORMATS = ("gif", "mp4")
-NORMALIZE = ("stats", "vae", "none")
-CONDITIONING = ("auto", "class", "none")
+
+
+class Normalize(Choice):
+    stats = "stats"  # the manifest's per-channel mean / std
+    vae = "vae"  # the VAE's scaling / shift factors
+    none = "none"
+
+
+CONDITIONING = ("auto", "class", "none")  # a string choice: 'class' cannot name an Enum member
 VARIANTS = ("all", "one_per_video")
 
 
@@ -52,7 +59,7 @@ class VAESection:
 @dataclass
 class DataSection:
     cache_dir: str = MISSING  # a complete latent cache folder
-    normalize: str = "stats"  # stats (manifest per-channel mean/std) | vae (scale/shift) | none
+    normalize: Normalize = Normalize.stats  # stats (manifest per-channel mean/std) | vae (scale/shift) | none
     sample_posterior: bool = True  # z = mu + sigma * eps per item (as Latte's vae.encode().sample()); needs std
     conditioning: str = "auto"  # class (num_classes from the manifest) | none (unconditional) | auto: class if >1
     # all: every cached clip (each window, each flip copy) once per epoch | one_per_video: each epoch visits every
@@ -89,7 +96,7 @@ class SampleSection:
     steps: int = 25
     cfg_scale: float = 1.0  # classifier-free guidance on the eps channels (1 = none)
     seed: int = 0  # the same noise and labels at every sample step
-    format: str = "gif"
+    format: VideoFormat = VideoFormat.gif
     fps: float = 8.0
 
 
@@ -107,7 +114,8 @@ class TrainSection:
     keep_last: int = 3
     log_every: int = 50
     max_nonfinite: int = 5  # stop after this many consecutive non-finite steps
-    tracker: str = "tensorboard"  # tensorboard | none
+    tracker: str = "tensorboard"  # any accelerate tracker, comma-separated ones, all, or none
+    tracker_project: str = "vidtok-lab"  # project name for the trackers (tensorboard: trackers/<it>)
     progress_bar: bool = True
     check_replicas: bool = True  # at each checkpoint, compare every process's weights (DDP desync detector)
     fsdp: bool = False  # shard parameters, gradients and AdamW state over the processes (FSDP2) instead of DDP
@@ -127,13 +135,13 @@ class LatteTrainConfig:
 def validate(cfg: LatteTrainConfig) -> None:
     """Checks of single fields and field combinations; raises ConfigError naming the key."""
     t, s = cfg.train, cfg.sample
-    check_choices(("train.mixed_precision", t.mixed_precision, PRECISIONS), ("train.tracker", t.tracker, TRACKERS),
-                  ("sample.format", s.format, SAMPLE_FORMATS), ("sample.sampler", s.sampler, tuple(SAMPLERS)),
+    check_choices(("train.mixed_precision", t.mixed_precision, PRECISIONS),
+                  ("sample.sampler", s.sampler, tuple(SAMPLERS)),
                   ("model.name", cfg.model.name, tuple(LATTE_PRESETS)),
                   ("diffusion.beta_schedule", cfg.diffusion.beta_schedule, BETA_SCHEDULES),
-                  ("data.normalize", cfg.data.normalize, NORMALIZE),
                   ("data.conditioning", cfg.data.conditioning, CONDITIONING),
                   ("data.variants", cfg.data.variants, VARIANTS))
+    check_tracker("train.tracker", t.tracker)
     check_at_least(t, ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "max_nonfinite",
                        "keep_last"), prefix="train.")
     check_at_least(cfg.data, ("num_workers",), low=0, prefix="data.")

@@ -33,6 +33,7 @@ from tokenizer.io import state_dict_fingerprint
 from tokenizer.training import (EMA, ClipStream, NonFiniteGuard, RunDir, RunMonitor, derive_seed,
                                 restore_rng, seed_everything)
 from tokenizer.training.loop import TrainLoop
+from tokenizer.training.trackers import accelerator_kwargs, log_image, tracker_names
 
 from .latte_run import (EMA_FILE, CacheSpec, build_from_record, load_config_vae, load_init_state,
                         open_cache, run_record, write_run_files)
@@ -50,8 +51,7 @@ def make_accelerator(cfg: LatteTrainConfig):
     from accelerate import Accelerator
 
     t = cfg.train
-    return Accelerator(cpu=t.cpu, mixed_precision=t.mixed_precision,
-                       log_with=None if t.tracker == "none" else t.tracker, project_dir=t.run_dir)
+    return Accelerator(cpu=t.cpu, mixed_precision=t.mixed_precision, **accelerator_kwargs(t.tracker, t.run_dir))
 
 
 class LatteTrainer(TrainLoop):
@@ -80,7 +80,7 @@ class LatteTrainer(TrainLoop):
         self.spec: CacheSpec = open_cache(cfg, self.vae.fingerprint() if self.vae is not None else None)
         d = cfg.data
         self.dataset = dataset if dataset is not None else LatentCacheDataset(
-            self.spec.cache_dir, expect_fingerprint=self.spec.vae["fingerprint"], normalize=d.normalize,
+            self.spec.cache_dir, expect_fingerprint=self.spec.vae["fingerprint"], normalize=str(d.normalize),
             sample=d.sample_posterior, seed=derive_seed(t.seed, _LATENT))
         if dataset is None and d.variants == "one_per_video":  # one cached window x flip per video and epoch
             self.dataset = VideoVariants(self.dataset, seed=derive_seed(t.seed, _VARIANT))
@@ -88,7 +88,7 @@ class LatteTrainer(TrainLoop):
         if normalizer is None:
             from tokenizer.cache import LatentNormalizer
 
-            normalizer = LatentNormalizer.from_manifest(self.spec.manifest, d.normalize, d.sample_posterior)
+            normalizer = LatentNormalizer.from_manifest(self.spec.manifest, str(d.normalize), d.sample_posterior)
         self.normalizer = normalizer
         self.record = run_record(cfg, self.spec, normalizer)
         if cfg.sample.every > 0 and acc.is_main_process and self.vae is None:
@@ -364,15 +364,22 @@ class LatteTrainer(TrainLoop):
                 model.load_state_dict(state)
         if not self.accelerator.is_main_process:
             return None
-        from tokenizer.training.samples import write_panels
+        from tokenizer.data.video_io import video_to_uint8, write_video
+        from tokenizer.training.samples import contact_sheet, panel_grid
 
         if self.vae is None:
             self.vae = self._cache_vae()
-        z, _ = self.sample_latents(model)
+        z, y = self.sample_latents(model)
         vae = self.vae.to(self.device)
         video = vae.decode(self.normalizer.denormalize(z.float())).clamp(-1, 1)  # (n, 3, T, H, W)
+        names = self.record.get("class_names") or []
+        labels = [f"{i}: {names[int(c)]}" if y is not None and int(c) < len(names) else f"sample {i}"
+                  for i, c in enumerate(y if y is not None else range(len(video)))]
         path = self.run.samples_dir / f"step-{step:06d}.{self.cfg.sample.format}"
-        write_panels(path, [[v] for v in video], fps=self.cfg.sample.fps)
+        grid = panel_grid([[v] for v in video], [[label] for label in labels])
+        write_video(path, video_to_uint8(grid), fps=self.cfg.sample.fps)
+        if tracker_names(self.cfg.train.tracker):
+            log_image(self.accelerator, "samples/generated", contact_sheet(list(video), labels), step)
         self.monitor.info(f"step {step}: samples {path}")
         return path
 

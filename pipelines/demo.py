@@ -185,7 +185,7 @@ def write_picture_grid(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
     rows = []
     for key in vaes:
         v = DEMO_VAES[key]
-        cfg = load_data_config(ROOT / "configs/data/samples_tiny.yaml",
+        cfg = load_data_config("configs/data/samples_tiny.yaml",  # the checkout's or the bundled copy
                                [f"num_frames={v.frames}", f"resolution={budget.resolution}",
                                 f"clips_per_video={budget.clips_per_video}", "offset=start"])
         dataset = build_dataset(cfg)

@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from tokenizer.config import ConfigError, print_config, to_dict  # noqa: E402
 from tokenizer.data import build_dataset, load_data_config  # noqa: E402
+from tokenizer.data.workers import loader_workers  # noqa: E402
 from tokenizer.io import write_json, write_text  # noqa: E402
 
 DETECTOR_CHOICES = ("i3d_pt", "i3d_torchscript", "random", "none")
@@ -113,7 +114,8 @@ def evaluate(vae: Any, dataset: Any, metrics: Any, batch_size: int = 4, num_work
     rank, world = dist_info()
     n = len(dataset) if num_clips is None else min(num_clips, len(dataset))
     mine = list(range(rank, n, world))  # clip i goes to rank i % world; the merged result does not depend on it
-    loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False,
+                        num_workers=loader_workers(num_workers))
     vae = vae.to(device).eval()
     done, t0 = 0, time.time()
     for batch in loader:

@@ -55,6 +55,7 @@ from einops import rearrange
 from tokenizer.config import ConfigError, load_config, to_yaml
 from tokenizer.data.video_io import (FRAME_EXTENSIONS, VIDEO_EXTENSIONS, VideoReadError, declared_num_frames,
                                      read_video_frames, video_num_frames, write_video)
+from tokenizer.data.workers import loader_workers
 from tokenizer.io import load_weights, save_weights, write_error_line, write_json
 
 from .i3d import RANDOM_LABEL, DetectorInfo, I3DDetector, InceptionI3d, build_detector  # noqa: F401 (public API)
@@ -415,7 +416,8 @@ def extract_features(clips: Sequence[ClipRef] | torch.Tensor, detector: I3DDetec
     bounds = [(min(r * per, n), min((r + 1) * per, n)) for r in range(world)]
     lo, hi = bounds[rank]
     dataset = torch.utils.data.Subset(ClipDataset(clips, resolution, tolerant=tolerant), range(lo, hi))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         num_workers=loader_workers(num_workers))
     from tqdm import tqdm
 
     label = f"[{RANDOM_LABEL}] " if detector.info.random_init else ""
@@ -608,6 +610,16 @@ def _clips_arg(x: Any, protocol: FVDProtocol, role: str) -> tuple[Any, dict]:
     return check_fake_sources([Path(p) for p in x], protocol, "the given list"), dict(source="list", count=len(x))
 
 
+_BANNERS: set[str] = set()
+
+
+def banner(label: str | None) -> None:
+    """Print ``=== label ===`` once per process (one command), e.g. the random-detector warning."""
+    if label and label not in _BANNERS:
+        _BANNERS.add(label)
+        print(f"=== {label} ===", flush=True)
+
+
 def compute_fvd(real: Any, fake: Any, protocol: str | FVDProtocol = "fvd16",
                 detector: str | I3DDetector = "i3d_pt", *, detector_path: str | None = None, batch_size: int = 8,
                 num_workers: int = 0, device: str | torch.device | None = None,
@@ -630,11 +642,11 @@ def compute_fvd(real: Any, fake: Any, protocol: str | FVDProtocol = "fvd16",
     device = torch.device(device) if device is not None else default_device()
     det = detector if isinstance(detector, I3DDetector) else build_detector(detector, detector_path, device)
     det = det.to(device)
-    label = f"{det.info.label} | " if det.info.label else ""
 
-    def say(msg: str) -> None:  # every line a random detector produces carries its label
+    def say(msg: str) -> None:  # a random detector's banner comes once per command; the FVD line carries its label
         if verbose and rank == 0:
-            print(msg if msg.startswith(label) else f"{label}{msg}", flush=True)
+            banner(det.info.label)
+            print(msg, flush=True)
 
     feats = dict(resolution=protocol.resolution, batch_size=batch_size, device=device, num_workers=num_workers,
                  progress=progress)
@@ -751,6 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved config only")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the eval config")
     args = parser.parse_args(argv)
+    _BANNERS.clear()  # a new command
     try:
         cfg = load_config(FVDConfig, args.config, args.overrides, validate=FVDConfig.validate)
         protocol = cfg.resolved_protocol()
@@ -779,14 +792,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:  # DatasetError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
-    label = f"{detector.info.label} | " if detector.info.label else ""
     if state.is_main_process:
+        banner(detector.info.label)
         text = to_yaml(dict(real=args.real, fake=args.fake, real_set=args.real_set, **dataclasses.asdict(cfg),
                             resolved_protocol=protocol.to_dict(), detector_info=detector.info.to_dict()))
-        print("\n".join(f"{label}{line}" for line in ["--- resolved FVD config ---", *text.splitlines(), "---"]))
+        print("\n".join(["--- resolved FVD config ---", *text.splitlines(), "---"]))
         if real.clip_note(protocol):
-            print(f"{label}note: {real.clip_note(protocol)}")
-        print(f"{label}generated set: {fake_count} videos checked in {args.fake}")
+            print(f"note: {real.clip_note(protocol)}")
+        print(f"generated set: {fake_count} videos checked in {args.fake}")
     if args.dry_run:
         return 0
     try:

@@ -153,15 +153,6 @@ def rfvd_bootstrap_interval(original: np.ndarray, reconstruction: np.ndarray, re
     return [float(lo), float(hi)]
 
 
-def _all_gather_objects(obj: Any) -> list[Any]:
-    rank, world = dist_info()
-    if world == 1:
-        return [obj]
-    parts: list[Any] = [None] * world
-    torch.distributed.all_gather_object(parts, obj)
-    return parts
-
-
 class ReconMetrics:
     """Streaming PSNR / SSIM / LPIPS (and optionally rFVD) over (original, reconstruction) video pairs.
 
@@ -229,7 +220,9 @@ class ReconMetrics:
         state = (self.sums, self.counts, self.num_videos,
                  {k: np.concatenate(v) if v else np.zeros((0, 400)) for k, v in self.features.items()},
                  self.clip_sums, self.clip_lengths)
-        parts = _all_gather_objects(state)
+        from accelerate.utils import gather_object  # all_gather_object under the accelerate / torchrun launch
+
+        parts = gather_object([state]) if dist_info()[1] > 1 else [state]
         length = max(len(p[1]) for p in parts)
         pad = lambda a: np.pad(a, (0, length - len(a)))  # noqa: E731
         sums = {k: sum(pad(p[0][k]) for p in parts) for k in self.NAMES}

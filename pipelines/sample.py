@@ -11,7 +11,9 @@ of the sampler come from generators seeded by it, and its label from ``(seed, i)
 video does not depend on the batch size or on how many processes share the work (rank ``r`` of ``W`` takes
 indices ``r, r + W, ...``). Files: ``OUT/videos/NNNNNN.mp4`` (+ ``.json`` sidecar: seed, label, sampler, steps,
 cfg, checkpoint, VAE fingerprint), ``OUT/sample_settings.json`` (what every video in the folder shares; another
-setting into the same folder is refused), ``OUT/grid.gif`` (``--gif-grid``), ``OUT/fvd.json`` (``--fvd``).
+setting into the same folder is refused), ``OUT/contact_sheet.png`` (the first videos, a row each, labelled with
+index, class and seed; ``--no-contact-sheet`` skips it), ``OUT/grid.gif`` (``--gif-grid``), ``OUT/fvd.json``
+(``--fvd``).
 Re-running the same command skips every video whose mp4 and matching sidecar exist.
 
 FVD (``--fvd``) is computed under the run's protocol unless ``--fvd-protocol`` names one: real clips at the run's
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from tokenizer.config import find_config
 from tokenizer.io import state_dict_fingerprint, write_json
 from tokenizer.training.state import derive_seed
 
@@ -396,11 +399,33 @@ def write_grid(out: Path, indices: Sequence[int], fps: float, max_videos: int = 
     return write_video(out / "grid.gif", grid.contiguous(), fps=fps)
 
 
+def write_contact_sheet(out: Path, indices: Sequence[int], max_videos: int = 8,
+                        num_frames: int = 6) -> Optional[Path]:
+    """``OUT/contact_sheet.png``: the first written videos (read back from their mp4s), one row each with
+    ``num_frames`` evenly spaced frames, labelled from its sidecar (index, class, seed)."""
+    from tokenizer.data.video_io import read_video_frames, video_num_frames
+    from tokenizer.training.samples import contact_sheet, write_png
+
+    videos, labels = [], []
+    for i in sorted(indices)[:max_videos]:
+        mp4, meta = video_paths(out, i)
+        if not (mp4.is_file() and meta.is_file()):
+            continue
+        frames = read_video_frames(mp4, range(video_num_frames(mp4)))  # t h w c uint8
+        videos.append(rearrange(frames, "t h w c -> c t h w").float() / 127.5 - 1)
+        side = json.loads(meta.read_text())
+        name = side.get("label_name") or (f"class {side['label']}" if side.get("label") is not None else None)
+        labels.append(", ".join(x for x in (f"video {i}", name, f"seed {side['seed']}") if x))
+    if not videos:
+        return None
+    return write_png(out / "contact_sheet.png", contact_sheet(videos, labels, num_frames=num_frames))
+
+
 def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler: str = "ddpm", steps: int = 250,
                   cfg_scale: float = 1.0, labels: str | Sequence[int] = "uniform", seed: int = 0,
                   batch_size: int = 4, fps: float = 8.0, gif_grid: bool = False, progress: bool = True,
                   rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
-                  crf: int = DEFAULT_CRF) -> dict:
+                  crf: int = DEFAULT_CRF, sheet: bool = True) -> dict:
     """Sample videos ``0 .. num_videos - 1`` into ``out`` (this process: indices ``rank, rank + W, ...``).
 
     Returns ``{"written": [...], "skipped": [...], "paths": [mp4 of every index], "settings": ...}``; videos already
@@ -438,8 +463,9 @@ def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler
     bar.close()
     # the grid needs every rank's videos: with several processes the caller writes it after a barrier (see main)
     grid = write_grid(out, range(num_videos), fps) if gif_grid and world_size == 1 else None
+    sheet_path = write_contact_sheet(out, range(num_videos)) if sheet and world_size == 1 else None
     return dict(written=todo, skipped=skipped, paths=[video_paths(out, i)[0] for i in range(num_videos)],
-                settings=settings, grid=grid)
+                settings=settings, grid=grid, sheet=sheet_path)
 
 
 def fvd_record(result: Any, source: LatteSource, settings: SampleSettings, num_videos: int,
@@ -490,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"x264 CRF of the mp4s (default: {LATTE_CRF}, Latte's quality, under the fvd16_latte protocol; "
                         f"{DEFAULT_CRF} otherwise)")
     p.add_argument("--gif-grid", action="store_true", help="also write a GIF grid of the first 16 videos")
+    p.add_argument("--no-contact-sheet", action="store_true",
+                   help="skip OUT/contact_sheet.png (the first 8 videos, 6 frames each, labelled)")
     p.add_argument("--fvd", action="store_true", help="FVD against the run's dataset after sampling")
     p.add_argument("--fvd-protocol", default="auto",
                    help="auto (default): the run's protocol, real clips at its frame interval (Latte's UCF101 recipe, "
@@ -558,7 +586,7 @@ def _fvd_args(args: argparse.Namespace, source: LatteSource, device: torch.devic
     real = args.fvd_real or source.data_config
     if real is None:
         raise SampleError("--fvd: the checkpoint records no dataset; give the real videos with --fvd-real")
-    if isinstance(real, str) and not Path(real).exists():
+    if isinstance(real, str) and not find_config(real).exists():  # a bundled config name counts
         raise SampleError(f"--fvd-real: no such data config or folder: {real}")
     try:
         detector = build_detector(args.detector, args.detector_path, device)  # a missing weights file stops here
@@ -637,7 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             result = sample_videos(source, folder, args.num_videos, args.sampler, args.steps, cfg_scale, labels, seed,
                                    args.batch_size, args.fps, gif_grid=False, rank=state.process_index,
-                                   world_size=state.num_processes, device=device, crf=crf)
+                                   world_size=state.num_processes, device=device, crf=crf, sheet=False)
         except SampleError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -650,8 +678,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         state.wait_for_everyone()  # every rank's videos are on disk
         if state.is_main_process:
             grid = write_grid(folder, range(args.num_videos), args.fps) if args.gif_grid else None
+            sheet = None if args.no_contact_sheet else write_contact_sheet(folder, range(args.num_videos))
             print(f"{args.num_videos} videos in {folder / VIDEO_DIR} ({len(result['skipped'])} already there on this "
-                  "rank)" + (f"; grid {grid}" if grid else ""))
+                  "rank)" + (f"; contact sheet {sheet}" if sheet else "") + (f"; grid {grid}" if grid else ""))
         if fvd is not None:
             from pipelines.fvd import compute_fvd
 

@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Create .venv and install the toolkit with its test extra, once; later calls return at once unless
-# pyproject.toml changed. Sourced by scripts/test.sh and scripts/demo.sh.
+# pyproject.toml changed. Sourced by scripts/test.sh, scripts/demo.sh and scripts/cache_latents.sh.
+# An environment that already runs the toolkit is used as it is (an activated venv, conda, a pip install): when
+# VIDTOK_VENV is unset and the active `python` imports the modules in VIDTOK_NEEDS, nothing is created.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+needs="${VIDTOK_NEEDS:-tokenizer.cache diffusion.training pipelines.sample}"
+if [ -z "${VIDTOK_VENV:-}" ] && command -v python >/dev/null 2>&1 \
+   && PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" python -c "import importlib, sys
+for m in sys.argv[1:]: importlib.import_module(m)" $needs >/dev/null 2>&1; then
+  echo "[setup] using the active environment ($(command -v python)): it already imports the toolkit" >&2
+  return 0 2>/dev/null || exit 0
+fi
 venv="${VIDTOK_VENV:-$root/.venv}"
 stamp="$venv/.vidtok-installed"
 want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"

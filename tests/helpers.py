@@ -35,3 +35,20 @@ class Poisoned(torch.utils.data.Dataset):
             item[self.key] = item[self.key].clone()
             item[self.key].view(-1)[item[self.key].numel() // 2] = float("nan")
         return item
+
+
+def tensorboard_images(run_dir, tag):
+    """{step: (H, W, 3) uint8 picture} of the images logged under ``tag`` in a run's tensorboard events."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+    out = {}
+    for events in (run_dir / "trackers").rglob("events.out.tfevents*"):
+        acc = EventAccumulator(str(events.parent), size_guidance={IMAGES: 0}).Reload()
+        if tag in acc.Tags()["images"]:
+            for ev in acc.Images(tag):
+                out[ev.step] = np.asarray(Image.open(io.BytesIO(ev.encoded_image_string)).convert("RGB"))
+    return out

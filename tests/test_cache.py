@@ -467,7 +467,7 @@ def test_killed_run_resumes_and_two_processes_match_one(ucf_tree, tiny_data_cfg,
     res = subprocess.run(["bash", str(REPO / "scripts" / "cache_latents.sh"), *_cli_args(ckpt, data_yaml, two)[2:]],
                          cwd=REPO, env={**_env(), "NPROC": "2"}, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "2 process(es)" in res.stdout
+    assert "(2 processes)" in res.stdout and "2 processes," in res.stdout
 
     for out in (killed, two):  # same shards byte for byte, same statistics, nothing left over
         manifest = read_manifest(out)
@@ -476,3 +476,25 @@ def test_killed_run_resumes_and_two_processes_match_one(ucf_tree, tiny_data_cfg,
         assert sorted(p.name for p in (out / "shards").iterdir()) == \
             sorted(f"{k:05d}.{ext}" for k in range(total) for ext in ("json", "safetensors"))
         assert _rows(out)["item"].tolist() == list(range(9))
+
+
+def test_counts_read_as_counts_and_workers_fit_the_machine():
+    """The cache printed '1 shards of 29127 clips' for 8 clips: shard sizes are now counted, not the capacity."""
+    import os
+    from types import SimpleNamespace
+
+    from tokenizer.cache.plan import CachePlan, count
+    from tokenizer.data.workers import loader_workers
+
+    def summary(num_items, items_per_shard, copies):
+        plan = SimpleNamespace(num_items=num_items, items_per_shard=items_per_shard, copies=copies,
+                               num_shards=-(-num_items // items_per_shard))
+        plan.shard_items = lambda k: CachePlan.shard_items(plan, k)
+        return CachePlan.shard_summary(plan)
+
+    assert summary(8, 29127, 1) == "1 shard of 8 clips"
+    assert summary(10, 4, 2) == "3 shards of 8 clips (the last 4)"
+    assert summary(1, 4, 1) == "1 shard of 1 clip" and summary(8, 4, 1) == "2 shards of 4 clips"
+    assert (count(1, "process"), count(2, "process")) == ("1 process", "2 processes")
+    cores = len(os.sched_getaffinity(0))
+    assert loader_workers(cores + 7) == cores and loader_workers(0) == 0 and loader_workers(1) == 1

@@ -73,3 +73,21 @@ def test_fingerprint_depends_on_values_only():
     assert state_dict_fingerprint(a) == state_dict_fingerprint(b)
     a["b"][0] = 1e-7
     assert state_dict_fingerprint(a) != state_dict_fingerprint(b)
+
+
+def test_choice_fields_refuse_other_values_and_save_as_plain_strings(tmp_path):
+    """Enum (Choice) fields: omegaconf itself refuses a value outside the set, naming the key and the choices; the
+    value compares and formats as its string, and the saved config holds plain strings that load back."""
+    import yaml
+
+    from tokenizer.config import to_dict
+    from tokenizer.training.vae_config import VAETrainConfig
+
+    base = ["model.name=plain-tiny", "train.run_dir=x"]
+    with pytest.raises(ConfigError, match=r"(?s)'train.sample_format'.*'webm', expected one of \[gif, mp4\]"):
+        load_config(VAETrainConfig, None, [*base, "train.sample_format=webm"])
+    cfg = load_config(VAETrainConfig, None, [*base, "train.sample_format=mp4", "train.stage=motion"])
+    assert cfg.train.stage == "motion" and f"step.{cfg.train.sample_format}" == "step.mp4"
+    saved = yaml.safe_dump(to_dict(cfg))  # plain strings: safe_dump refuses Enum objects
+    (tmp_path / "c.yaml").write_text(saved)
+    assert to_dict(load_config(VAETrainConfig, tmp_path / "c.yaml")) == to_dict(cfg)

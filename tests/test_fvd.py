@@ -314,13 +314,16 @@ def test_two_processes_give_the_single_process_number(tmp_path, detector):
                                     rel=1e-5)
 
 
-def test_cli_random_detector_labels_every_line(ucf_tree, perturbed, tmp_path, capsys):
+def test_cli_random_detector_banner_once_and_on_the_number(ucf_tree, perturbed, tmp_path, capsys):
     out = tmp_path / "cli.json"
     rc = fvd.main(["--real", str(ucf_tree), "--fake", str(perturbed), "detector=random", "num_frames=8",
                    "resolution=32", "num_workers=0", f"out={out}", f"stats_cache_dir={tmp_path / 'cache'}"])
     assert rc == 0
     printed = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
-    assert printed and all(line.startswith(RANDOM_LABEL) for line in printed)
+    banner = f"=== {RANDOM_LABEL} ==="
+    assert printed[0] == banner and printed.count(banner) == 1  # once, first
+    labelled = [line for line in printed if line.startswith(RANDOM_LABEL)]
+    assert len(labelled) == 1 and labelled[0].startswith(f"{RANDOM_LABEL} | FVD8 = ")  # and on the number
     result = json.loads(out.read_text())
     assert result["label"] == RANDOM_LABEL and result["fvd"] > 0 and result["clips"] == {"real": 9, "fake": 9}
 

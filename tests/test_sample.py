@@ -131,6 +131,16 @@ def test_sample_writes_playable_mp4s_with_sidecars_and_resumes(tiny_run, tmp_pat
 
     with Image.open(out / "grid.gif") as grid:  # 3 videos -> 2 x 2 tiles of 32 px, 9 frames
         assert (grid.n_frames, grid.size) == (9, (64, 64))
+    # the default contact sheet: a labelled row per video, frames 0, 2, 4, 5, 6, 8 (6 evenly spaced of 9)
+    from tokenizer.training.samples import LABEL_HEIGHT
+
+    sheet = np.asarray(Image.open(out / "contact_sheet.png").convert("RGB"))
+    row_h = 2 * LABEL_HEIGHT + 32
+    assert sheet.shape == (3 * row_h + 2 * 2, 6 * 32 + 5 * 2, 3)
+    last = _frames(mp4s[1])[8]  # video 1's last frame is the last tile of the second row
+    tile = sheet[row_h + 2 + 2 * LABEL_HEIGHT:2 * row_h + 2, 5 * 34:5 * 34 + 32]
+    assert np.array_equal(tile, last)
+    assert (sheet[:LABEL_HEIGHT] < 64).any()  # the row's label ("video 0, ..., seed ...") is drawn
     assert "resolved sampling settings" in capsys.readouterr().out
     # a re-run writes nothing; a lost sidecar (killed between mp4 and sidecar) redoes that video only
     stamps = {p: p.stat().st_mtime_ns for p in mp4s}

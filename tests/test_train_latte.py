@@ -19,7 +19,8 @@ from diffusion.latte_run import load_latte_run
 from diffusion.train_config import LatteTrainConfig
 from diffusion.training import LatteTrainer
 
-from tests.helpers import Poisoned, assert_same
+from tests.helpers import Poisoned, assert_same, tensorboard_images
+from tokenizer.training.samples import LABEL_HEIGHT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "diffusion", "latte_tiny.yaml")
@@ -222,7 +223,9 @@ def test_sampling_a_trained_run_gives_latents_and_videos_of_the_right_shape(unin
     uninterrupted.cfg.sample.format = "mp4"
     path = uninterrupted.write_samples(99)
     frames = decord.VideoReader(str(path)).get_batch(list(range(9))).asnumpy()
-    assert len(decord.VideoReader(str(path))) == 9 and frames.shape[1:] == (2 * 32 + 2, 32, 3)
+    assert len(decord.VideoReader(str(path))) == 9 and frames.shape[1:] == (2 * (LABEL_HEIGHT + 32) + 2, 32, 3)
+    title = frames[0, :LABEL_HEIGHT]  # the first video's label strip: dark text on white
+    assert (title < 64).any() and (title > 192).mean() > 0.5
 
 
 # --- learning -----------------------------------------------------------------------------------------------------
@@ -233,6 +236,7 @@ def test_overfitting_a_handful_of_latents_lowers_the_loss(tmp_path, cache):
     four = torch.utils.data.Subset(ds, [0, 3, 6, 9])
     tr = trainer(cache, tmp_path / "run", "train.max_steps=40", "train.checkpoint_every=40", "train.batch_size=4",
                  "data.sample_posterior=false", "optim.lr=5e-3", "train.tracker=tensorboard", "train.log_every=10",
+                 "sample.every=40", "sample.steps=2",
                  dataset=four)
     x = torch.stack([four[i]["latent"] for i in range(4)])
     y = torch.tensor([four[i]["label"] for i in range(4)])
@@ -252,7 +256,9 @@ def test_overfitting_a_handful_of_latents_lowers_the_loss(tmp_path, cache):
     print(f"overfit: eps MSE {before:.3f} -> {after:.3f}")
     assert abs(before - 1.0) < 0.05 and after < 0.6 * before
     assert tr.history[-1]["loss"] < tr.history[0]["loss"]
-    assert list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents*"))
+    assert list((tmp_path / "run" / "trackers").rglob("events.out.tfevents*"))
+    sheet = tensorboard_images(tmp_path / "run", "samples/generated")[40]  # 2 generated videos, labelled rows
+    assert sheet.shape[0] == 2 * (2 * LABEL_HEIGHT + 32) + 2
     assert re.search(r"step 40/40 loss=\S+ mse=\S+ vb=\S+ grad_norm=\S+ \S+ it/s \S+ samples/s \(batch 4\)",
                      (tmp_path / "run" / "train.log").read_text())
 

@@ -17,7 +17,7 @@ from tokenizer.training.rundir import RunDir
 from tokenizer.training.vae_config import VAETrainConfig
 from tokenizer.training.vae_trainer import VAETrainer
 
-from tests.helpers import Poisoned, assert_same
+from tests.helpers import Poisoned, assert_same, tensorboard_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.filterwarnings("ignore:LPIPS with a RANDOM")
@@ -108,7 +108,14 @@ def test_plain_run_lowers_loss_and_writes_the_run_folder(uninterrupted):
     run = tr.run.root
     assert (run / "latest").read_text().strip() == "step-000004" and (run / "config.yaml").is_file()
     assert (run / "samples" / "step-000004.gif").is_file() and "step 4/4" in (run / "train.log").read_text()
-    assert list((run / "tensorboard").rglob("events.out.tfevents*"))
+    assert list((run / "trackers" / "vidtok-lab").rglob("events.out.tfevents*"))
+    # the labelled reconstruction sheet reached tensorboard at the sample step: label strip, then the frames
+    from tokenizer.training.samples import LABEL_HEIGHT
+
+    image = tensorboard_images(run, "samples/vae")[4]
+    title = image[:LABEL_HEIGHT]
+    assert (title < 64).any() and (title > 192).mean() > 0.5  # dark text on white
+    assert image.shape[1] == 4 * (2 * 32 + 2) + 3 * 2  # 4 frames of (input | reconstruction), 2 px gaps
     from tokenizer import load_vae
 
     ema = load_vae(run)
@@ -311,7 +318,9 @@ def test_deco_phases_switch_inside_one_run(tmp_path, real_clips):
     # the sample shows input | reconstruction | keyframe | flow | scale | residual
     from PIL import Image
 
-    assert Image.open(tmp_path / "run" / "samples" / "step-000004.gif").size == (6 * 32 + 5 * 2, 32)
+    from tokenizer.training.samples import LABEL_HEIGHT  # a label strip above the panels
+
+    assert Image.open(tmp_path / "run" / "samples" / "step-000004.gif").size == (6 * 32 + 5 * 2, LABEL_HEIGHT + 32)
 
 
 def test_deco_stages_as_separate_runs(tmp_path, real_clips):

@@ -21,8 +21,10 @@ from torch import nn
 
 from .config import from_dict, to_dict
 from .distributions import DiagonalGaussian
-from .io import load_weights, save_weights, state_dict_fingerprint, write_text
+from . import pretrained
+from .io import load_weights, state_dict_fingerprint
 
+# the folder layout before diffusers-style folders (still read)
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -117,14 +119,28 @@ class VideoVAE(nn.Module, abc.ABC):
                 "parameters": sum(p.numel() for p in self.parameters()), "fingerprint": self.fingerprint()}
 
     # --- persistence -----------------------------------------------------------------------------------------
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``config.yaml`` (registry name + config) and ``model.safetensors`` (weights + config metadata)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        record = {"name": self.name, "config": to_dict(self.config)}
-        save_weights(self.state_dict(), folder / WEIGHTS_FILE, config=record)
-        write_text(folder / CONFIG_FILE, yaml.safe_dump(record, sort_keys=False))
-        return folder
+    def save_pretrained(self, folder: str | Path, training: str | None = None,
+                        metrics: dict | None = None) -> Path:
+        """A diffusers-style folder (see :mod:`tokenizer.pretrained`): ``config.json`` (registry name + config),
+        ``diffusion_pytorch_model.safetensors`` and a model card ``README.md`` stating ``training`` (how the
+        weights were made) and ``metrics`` (e.g. held-out PSNR), kept from the loaded folder unless given."""
+        card = pretrained.merge_card(getattr(self, "card", None), training, metrics)
+        card["usage"] = ["from tokenizer import load_vae", f'vae = load_vae("{Path(folder).name}")',
+                         "# or, through diffusers:", "from tokenizer.diffusers_compat import VidtokVAE",
+                         f'vae = VidtokVAE.from_pretrained("{Path(folder).name}").model']
+        facts = {"registry name": f"`{self.name}`", "class": type(self).__name__,
+                 "parameters": f"{sum(p.numel() for p in self.parameters()):,}",
+                 "latent channels": self.latent_channels,
+                 "compression (t, h, w)": "x".join(str(c) for c in self.compression),
+                 "frames": "1 + 4k (causal)" if self.frame_rule == "causal" else "4k (in sequence)",
+                 "latent scale / shift": f"{self.scaling_factor} / {self.shift_factor}",
+                 "weights fingerprint (SHA-256)": f"`{self.fingerprint()}`"}
+        text = pretrained.model_card(f"{self.name}: a vidtok-lab video VAE",
+                                     "A video VAE of vidtok-lab: video `b c t h w` in [-1, 1] <-> a diagonal Gaussian "
+                                     "latent `b c' t' h' w'`.", facts, card)
+        self.card = card
+        return pretrained.save_folder(folder, self.state_dict(), pretrained.VAE_CLASS, self.name,
+                                      to_dict(self.config), card, text)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> "VideoVAE":
@@ -132,12 +148,17 @@ class VideoVAE(nn.Module, abc.ABC):
 
     @staticmethod
     def load(path: str | Path, device: str = "cpu") -> "VideoVAE":
-        """Rebuild a VAE from a ``save_pretrained`` folder, a weights file, or a training run (its EMA weights)."""
+        """Rebuild a VAE from a ``save_pretrained`` folder (diffusers-style, or the older config.yaml +
+        model.safetensors), a weights file, or a training run (its EMA weights)."""
         from .registry import get_preset
 
         path = Path(path)
         weights = resolve_weights(path)
         state, record = load_weights(weights, device=device)
+        folder_config = pretrained.read_config(weights.parent, pretrained.VAE_CLASS) \
+            if weights.name == pretrained.WEIGHTS else None
+        if folder_config is not None:
+            record = {"name": folder_config["name"], "config": folder_config["build_args"]}
         cfg_file = weights.parent / CONFIG_FILE
         if record is None and cfg_file.is_file():
             record = yaml.safe_load(cfg_file.read_text())
@@ -151,6 +172,13 @@ class VideoVAE(nn.Module, abc.ABC):
         config = from_dict(cls.config_class, record.get("config", {}), source=str(weights))
         model = cls(config, name=record["name"])
         model.load_state_dict(state, strict=True)
+        if folder_config is not None:
+            model.card = folder_config.get(pretrained.CARD_KEY) or {}
+        elif weights.parent.name.startswith("step-"):  # a training run's EMA weights
+            run = weights.parent.parent
+            model.card = {"training": f"EMA weights of the vidtok-lab training run `{run.name}` at "
+                                      f"{weights.parent.name} (tokenizer/train_vae.py; the resolved config is the "
+                                      "run's config.yaml)."}
         return model.to(device).eval()
 
 
@@ -166,7 +194,8 @@ def resolve_weights(path: str | Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"no VAE at {path}")
     latest = RunDir(path, keep_last=None, is_main=False).latest()  # read-only view of a run
-    candidates = ([latest / EMA_FILE] if latest is not None else []) + [path / WEIGHTS_FILE, path / EMA_FILE]
+    candidates = ([latest / EMA_FILE] if latest is not None else []) + [path / pretrained.WEIGHTS,
+                                                                         path / WEIGHTS_FILE, path / EMA_FILE]
     for c in candidates:
         if c.is_file():
             return c

@@ -11,6 +11,8 @@ at that level.
 from __future__ import annotations
 
 import dataclasses
+from enum import Enum
+import os
 import re
 import sys
 from pathlib import Path
@@ -102,6 +104,36 @@ def _build(cfg: DictConfig, sources: list[tuple[str, set[str]]], validate: Calla
     return obj
 
 
+# Where the bundled configs live: the checkout this code runs from (``configs/`` beside the packages; editable
+# installs and PYTHONPATH runs), then a wheel's data files (``pyproject.toml``: [tool.setuptools.data-files]
+# installs them under <prefix>/share/vidtok-lab/configs, prefix = the environment or the user base).
+BUNDLED = Path("share") / "vidtok-lab"
+
+
+def config_roots() -> list[str]:
+    import sysconfig
+
+    roots = [Path(__file__).resolve().parents[1]]
+    for scheme in (None, f"{os.name}_user"):
+        try:
+            roots.append(Path(sysconfig.get_path("data", scheme) if scheme else sysconfig.get_path("data")) / BUNDLED)
+        except KeyError:  # no user scheme on this platform
+            continue
+    return [str(r) for r in roots if (r / "configs").is_dir()]
+
+
+def find_config(path: str | Path) -> Path:
+    """A config path as given if it exists, else (relative paths such as ``configs/data/ucf101.yaml``) the bundled
+    file of that name; unchanged when neither exists (the caller reports it)."""
+    path = Path(path)
+    if path.exists() or path.is_absolute():
+        return path
+    for root in config_roots():
+        if (Path(root) / path).exists():
+            return Path(root) / path
+    return path
+
+
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
                 validate: Callable[[T], None] | None = None) -> T:
     """Build ``schema`` from its defaults, then ``path`` (YAML), then ``key=value`` overrides; return a dataclass.
@@ -113,9 +145,9 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     OmegaConf.set_struct(cfg, True)
     sources: list[tuple[str, set[str]]] = []
     if path is not None:
-        path = Path(path)
+        path = find_config(path)
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            raise ConfigError(f"config file not found: {path} (nor among the bundled configs: {config_roots()})")
         try:
             loaded = OmegaConf.load(path)
         except Exception as err:  # YAML syntax errors
@@ -145,12 +177,25 @@ def from_dict(schema: type[T], values: dict, source: str = "<dict>") -> T:
     return _build(cfg, [(source, set(flatten(values)))], None)
 
 
+class Choice(str, Enum):
+    """Base of a config field with a fixed set of string values: omegaconf refuses any other value by itself
+    ("expected one of [...]"); a member equals, prints and serialises as its value (members are named as their
+    values, which is what omegaconf matches a YAML string against)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
 def to_dict(cfg: Any) -> dict:
-    """A dataclass config as a plain, YAML/JSON-serialisable dict."""
+    """A dataclass config as a plain, YAML/JSON-serialisable dict (:class:`Choice` fields as their values)."""
     if dataclasses.is_dataclass(cfg):
-        return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+        return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True,  # type: ignore[return-value]
+                                      enum_to_str=True)
     if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+        return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
     return dict(cfg)
 
 

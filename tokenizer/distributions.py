@@ -21,6 +21,12 @@ class DiagonalGaussian:
         self.std = torch.exp(0.5 * self.logvar)
         self.var = torch.exp(self.logvar)
 
+    @property
+    def latent_dist(self) -> "DiagonalGaussian":
+        """The posterior itself, so that ``vae.encode(x).latent_dist.sample()`` reads as with diffusers'
+        ``AutoencoderKLOutput``."""
+        return self
+
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """Reparameterised sample z = mu + sigma * eps (DeCo-VAE eq. 2)."""
         eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)

@@ -22,7 +22,7 @@ from ..config import ConfigError, print_config, to_dict
 from ..data import DataConfig, DatasetError, load_data_config
 from .config import load_cache_config, split_overrides, valid_frame_count
 from .manifest import CacheError, read_manifest, verify_cache
-from .plan import make_plan
+from .plan import count, make_plan
 from .vae import seeded_preset
 from .writer import make_state, resolve_runtime, run_cache
 
@@ -111,14 +111,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"compression {tuple(d['compression'])}, frame rule {d['frame_rule']}, fingerprint "
                   f"{d['fingerprint']}\nclip length: {data_cfg.num_frames} frames asked, {frames} used "
                   f"(the VAE's frame rule){'' if frames == data_cfg.num_frames else ' -- see tokenizer/cache/config.py'}"
-                  f"\nout: {out} ({state.num_processes} process(es))", flush=True)
+                  f"\nout: {out} ({count(state.num_processes, 'process')})", flush=True)
         if args.dry_run:
             _, precision = resolve_runtime(cfg, state)
             plan = make_plan(vae, data_cfg, cfg, precision)
             if state.is_main_process:
                 print(plan.dataset.report())
                 print(f"plan: {plan.num_items} items x {plan.copies} = {plan.num_items * plan.copies} clips, latent "
-                      f"{plan.latent_shape} {cfg.dtype}, {plan.num_shards} shards of {plan.items_per_shard} items, "
+                      f"{plan.latent_shape} {cfg.dtype}, {plan.shard_summary()}, "
                       f"precision {precision}\nidentity: {to_dict(plan.identity['storage'])}")
             return 0
         run_cache(vae, data_cfg, cfg, out, vae_source=source, state=state, show_progress=not args.no_progress)

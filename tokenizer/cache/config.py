@@ -36,7 +36,7 @@ class CacheConfig:
     shard_size_mb: float = 256.0  # target size of one shard file
     clips_per_shard: Optional[int] = None  # overrides shard_size_mb (small shards for tests and debugging)
     batch_size: int = 8  # clips per VAE call (a flip copy counts as a clip)
-    num_workers: int = 4  # DataLoader workers decoding and resizing while the VAE encodes
+    num_workers: int = 4  # DataLoader workers decoding and resizing while the VAE encodes (at most the cores)
     prefetch_factor: int = 2  # batches each worker prepares ahead
     device: str = "auto"  # auto (the process's accelerator, else CPU) | cpu | cuda
     precision: str = "auto"  # encode precision: auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16

@@ -57,6 +57,12 @@ class CachePlan:
     def shard_items(self, k: int) -> range:
         return range(k * self.items_per_shard, min((k + 1) * self.items_per_shard, self.num_items))
 
+    def shard_summary(self) -> str:
+        """The shards as counted, e.g. '1 shard of 8 clips', '3 shards of 64 clips (the last 7)'."""
+        sizes = [len(self.shard_items(k)) * self.copies for k in (0, self.num_shards - 1)]
+        text = f"{count(self.num_shards, 'shard')} of {count(sizes[0], 'clip')}"
+        return text + (f" (the last {sizes[1]})" if sizes[1] != sizes[0] else "")
+
     def shards_of_rank(self, rank: int, world_size: int) -> list[int]:
         return list(range(rank, self.num_shards, world_size))
 
@@ -123,3 +129,8 @@ def make_plan(vae, data_cfg: DataConfig, cfg: CacheConfig, precision: str, datas
     return CachePlan(vae=vae, data_cfg=data_cfg, cfg=cfg, dataset=dataset, precision=precision, copies=copies,
                      items_per_shard=items_per_shard, num_shards=num_shards, latent_shape=latent_shape,
                      identity=identity, digest=identity_digest(identity))
+
+
+def count(n: int, noun: str) -> str:
+    """'1 clip', '2 clips', '2 processes'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"

@@ -37,7 +37,8 @@ from ..io import LOCK_FILE, atomic_write, hold_folder, release_folder, sha256_fi
 from .config import CacheConfig
 from .manifest import (FORMAT, MANIFEST, SHARD_DIR, SHARD_METADATA_KEY, VERSION, CacheError, CacheMismatchError, combine_stats,
                        identity_diff, read_manifest, shard_path, sidecar_path)
-from .plan import CachePlan, make_plan
+from ..data.workers import loader_workers
+from .plan import CachePlan, count, make_plan
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -222,7 +223,7 @@ def _encode_shards(plan: CachePlan, shards: list[int], out: Path, device: torch.
     cfg = plan.cfg
     batches = plan.batches(shards)
     per_shard = Counter(k for k, _ in batches)  # VAE calls per shard
-    workers = cfg.num_workers
+    workers = loader_workers(cfg.num_workers)  # never more than the cores
     loader = DataLoader(ExactClips(plan.dataset), batch_sampler=[items for _, items in batches], num_workers=workers,
                         pin_memory=device.type == "cuda", prefetch_factor=cfg.prefetch_factor if workers else None,
                         persistent_workers=False)
@@ -330,9 +331,10 @@ def _run_cache(vae, data_cfg: DataConfig, cfg: CacheConfig, out: Path, vae_sourc
     t0 = time.perf_counter()
     todo = [k for k in mine if _done_record(out, k, plan.digest, cfg.verify_on_resume) is None]
     if main:
-        log(f"[cache] {plan.num_items} items x {plan.copies} -> {plan.num_items * plan.copies} clips of "
-            f"{plan.data_cfg.num_frames} frames, latent {plan.latent_shape} {cfg.dtype}, {plan.num_shards} shards of "
-            f"{plan.items_per_shard * plan.copies} clips, {state.num_processes} process(es), {device}, {precision}; "
+        log(f"[cache] {count(plan.num_items, 'item')} x {plan.copies} -> "
+            f"{count(plan.num_items * plan.copies, 'clip')} of "
+            f"{plan.data_cfg.num_frames} frames, latent {plan.latent_shape} {cfg.dtype}, {plan.shard_summary()}, "
+            f"{count(state.num_processes, 'process')}, {device}, {precision}; "
             f"rank 0: {len(mine) - len(todo)} of {len(mine)} shards already done (checked in "
             f"{time.perf_counter() - t0:.1f} s)")
     for k in todo:
@@ -344,7 +346,7 @@ def _run_cache(vae, data_cfg: DataConfig, cfg: CacheConfig, out: Path, vae_sourc
     if main:
         manifest = _finalise(out, plan)
         st = manifest["clips"]
-        log(f"[cache] complete: {st['stored']} clips in {plan.num_shards} shards at {out}"
+        log(f"[cache] complete: {count(st['stored'], 'clip')} in {count(plan.num_shards, 'shard')} at {out}"
             + (f"; {len(manifest['skipped'])} video(s) skipped (listed in the manifest)" if manifest["skipped"] else ""))
     state.wait_for_everyone()
     return read_manifest(out)

@@ -19,6 +19,7 @@ from ..config import ConfigError, print_config
 from .config import load_data_config
 from .dataset import build_dataset
 from .layouts import DatasetError
+from .workers import loader_workers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     torch.set_num_threads(1)  # workers decode in parallel; one intra-op thread each avoids oversubscription
-    loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers, shuffle=False)
+    loader = DataLoader(ds, batch_size=args.batch_size, num_workers=loader_workers(args.workers), shuffle=False)
     total = len(ds) if args.max_clips is None else min(len(ds), args.max_clips)
     n, lo, hi, shape, labels = 0, float("inf"), float("-inf"), None, {}
     t0 = time.perf_counter()

@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from ..config import Choice
 from ..io import atomic_path
 
 VIDEO_EXTENSIONS = ("mp4", "avi", "mkv", "webm")
@@ -30,6 +31,13 @@ class VideoReadError(RuntimeError):
     def __init__(self, path: str | Path, reason: str):
         super().__init__(f"{path}: {reason}")
         self.path, self.reason = str(path), reason
+
+
+class VideoFormat(Choice):
+    """What a sample video is written as (the suffix :func:`write_video` dispatches on)."""
+
+    gif = "gif"
+    mp4 = "mp4"
 
 
 def _natural_key(name: str) -> list:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.workers import loader_workers
 from .state import derive_seed
 
 
@@ -89,7 +90,8 @@ class ClipStream:
         set_epoch = getattr(self.dataset, "set_epoch", None)
         if set_epoch is not None:
             set_epoch(self.position.epoch)  # before the workers fork, so they see it
-        loader = DataLoader(self.dataset, batch_sampler=self._batches_of_epoch(), num_workers=self.num_workers,
+        loader = DataLoader(self.dataset, batch_sampler=self._batches_of_epoch(),
+                            num_workers=loader_workers(self.num_workers),
                             collate_fn=self.collate_fn, pin_memory=self.pin_memory,
                             # a private generator: creating the iterator must not draw from the global RNG,
                             # or a resumed run would see different random numbers than an uninterrupted one

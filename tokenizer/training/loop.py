@@ -21,6 +21,7 @@ from tokenizer.config import ConfigError, load_config, print_config, to_dict
 from .monitor import RunMonitor, flat_hparams
 from .rundir import RunDir
 from .state import capture_rng
+from .trackers import tracker_names
 
 
 class TrainLoop:
@@ -36,7 +37,7 @@ class TrainLoop:
             self.finish()
         finally:
             self.monitor.close()
-            if t.tracker != "none":
+            if tracker_names(t.tracker):
                 self.accelerator.end_training()
             self.run.unlock()  # the folder is free for the next job (a killed process frees it as well)
         return {"step": self.step, "run_dir": str(self.run.root), "skipped": self.guard.total}
@@ -62,10 +63,10 @@ class TrainLoop:
             self.load_state_dict(state)
             self._last_good = ckpt.name
         changed = self.run.write_config(to_dict(cfg))  # the keys that differ from the last launch's
-        if t.tracker != "none":
-            acc.init_trackers("tensorboard", config=flat_hparams(to_dict(cfg)))
+        if tracker_names(t.tracker):
+            acc.init_trackers(t.tracker_project, config=flat_hparams(to_dict(cfg)))
         self.monitor = RunMonitor(self.run.log_path, t.max_steps, self.step, is_main=acc.is_main_process,
-                                  accelerator=acc if t.tracker != "none" else None, show_bar=t.progress_bar,
+                                  accelerator=acc if tracker_names(t.tracker) else None, show_bar=t.progress_bar,
                                   name=f"train {cfg.model.name}")
         if ckpt is not None:
             self.monitor.info(f"resuming from {ckpt} at step {self.step}"

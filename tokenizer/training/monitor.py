@@ -1,7 +1,7 @@
-"""What a run tells its user: a plain log file, a progress bar (loss, it/s, ETA) and tensorboard scalars.
+"""What a run tells its user: a plain log file, a progress bar (loss, it/s, ETA) and tracker scalars.
 
 Only the main process writes; the others get silent instances, so callers never branch on the rank.
-Scalars go through accelerate's trackers (``Accelerator(log_with="tensorboard", project_dir=run.root)``)
+Scalars go through accelerate's trackers (``train.tracker``, see ``tokenizer.training.trackers``)
 when an accelerator is given, so the same call works with any tracker accelerate supports.
 """
 from __future__ import annotations

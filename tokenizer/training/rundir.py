@@ -11,7 +11,7 @@
         state.pt             full training state: models, EMA, optimisers, schedulers, counters, data position
         rng-rank0.pt ...     RNG states, one file per process
       samples/               reconstruction samples (input | reconstruction ...)
-      tensorboard/           events, through accelerate's trackers
+      trackers/<project>/    local tracker files (tensorboard events), through accelerate's trackers
 
 A checkpoint is written into ``.step-000100.partial/``, renamed into place when every process has written its
 part, and only then is ``latest`` switched to it; stale ``.partial`` folders are removed at the next start. So
@@ -57,7 +57,7 @@ def _rng_file(rank: int) -> str:
 
 
 class RunDir:
-    """One training run's folder: config, log, checkpoints with a ``latest`` pointer, samples, tensorboard.
+    """One training run's folder: config, log, checkpoints with a ``latest`` pointer, samples, tracker files.
 
     Args:
         root: the run folder (created).
@@ -118,8 +118,8 @@ class RunDir:
         return self.root / "samples"
 
     @property
-    def tensorboard_dir(self) -> Path:
-        return self.root / "tensorboard"
+    def trackers_dir(self) -> Path:
+        return self.root / "trackers"
 
     @staticmethod
     def checkpoint_name(step: int) -> str:

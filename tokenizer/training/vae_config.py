@@ -15,17 +15,27 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from ..config import ConfigError, check_at_least, check_choices
+from ..config import Choice, ConfigError, check_at_least, check_choices
 from ..data import DataConfig
+from ..data.video_io import VideoFormat
 from ..discriminator import DiscriminatorConfig
 from ..losses import LossConfig
 from ..motion import MotionLossConfig
+from .trackers import check_tracker
 
-STAGES = ("vae", "motion")
+
+
+class Stage(Choice):
+    vae = "vae"
+    motion = "motion"
+
+
+class InitWeights(Choice):
+    model = "model"
+    ema = "ema"
+
+
 PRECISIONS = ("no", "bf16")  # fp16 would need one gradient scaler per optimiser: not offered
-TRACKERS = ("tensorboard", "none")
-SAMPLE_FORMATS = ("gif", "mp4")
-INIT_WEIGHTS = ("model", "ema")
 
 
 @dataclass
@@ -34,7 +44,7 @@ class ModelSection:
     config: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's config fields
     init_from: Optional[str] = None  # image VAE to inflate at the start of a fresh run (VC-VAE: Flux VAE)
     init_from_run: Optional[str] = None  # start a fresh run from these weights (a run folder or a weights file)
-    init_weights: str = "model"  # for init_from_run of a run folder: the raw 'model' weights or the 'ema'
+    init_weights: InitWeights = InitWeights.model  # init_from_run of a run folder: its raw 'model' weights or 'ema'
     last_layer: Optional[str] = None  # parameter for the adaptive GAN weight; default: the decoder's conv_out weight
     gradient_checkpointing: bool = False
 
@@ -73,7 +83,7 @@ class OptimSection:
 @dataclass
 class TrainSection:
     run_dir: str = MISSING  # the run folder; re-running the same command resumes from its 'latest'
-    stage: str = "vae"  # vae | motion
+    stage: Stage = Stage.vae
     max_steps: int = 1000
     batch_size: int = 1  # per process
     seed: int = 0
@@ -87,11 +97,12 @@ class TrainSection:
     keep_last: int = 3  # complete checkpoints kept
     sample_every: int = 1000
     num_samples: int = 2  # clips in each reconstruction sample
-    sample_format: str = "gif"  # gif | mp4
+    sample_format: VideoFormat = VideoFormat.gif
     sample_fps: float = 8.0
     log_every: int = 10
     max_nonfinite: int = 5  # stop after this many consecutive steps with a NaN / Inf loss or gradient
-    tracker: str = "tensorboard"  # tensorboard | none
+    tracker: str = "tensorboard"  # any accelerate tracker, comma-separated ones, all, or none
+    tracker_project: str = "vidtok-lab"  # project name for the trackers (tensorboard: trackers/<it>)
     progress_bar: bool = True
 
 
@@ -111,9 +122,8 @@ class VAETrainConfig:
 def validate(cfg: VAETrainConfig) -> None:
     """Checks that need several fields; raises ConfigError with the offending key."""
     t = cfg.train
-    check_choices(("train.stage", t.stage, STAGES), ("train.mixed_precision", t.mixed_precision, PRECISIONS),
-                  ("train.tracker", t.tracker, TRACKERS), ("train.sample_format", t.sample_format, SAMPLE_FORMATS),
-                  ("model.init_weights", cfg.model.init_weights, INIT_WEIGHTS))
+    check_choices(("train.mixed_precision", t.mixed_precision, PRECISIONS))  # "no": YAML reads a bare no as false
+    check_tracker("train.tracker", t.tracker)
     check_at_least(t, ("max_steps", "batch_size", "checkpoint_every", "sample_every", "log_every", "max_nonfinite",
                        "keep_last"), prefix="train.")
     check_at_least(t, ("num_workers",), low=0, prefix="train.")

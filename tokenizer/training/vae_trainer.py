@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from ..base import VideoVAE
 from ..config import ConfigError, from_dict, to_dict
 from ..data import build_dataset
+from ..data.video_io import video_to_uint8, write_video
 from ..discriminator import PatchDiscriminator3D
 from ..losses import VAELoss
 from ..registry import build_vae
@@ -39,8 +40,9 @@ from .loop import TrainLoop
 from .monitor import RunMonitor
 from .rundir import EMA as EMA_FILE
 from .rundir import RunDir
-from .samples import motion_panels, write_panels
+from .samples import contact_sheet, motion_panels, panel_grid
 from .state import derive_seed, restore_rng, seed_everything
+from .trackers import accelerator_kwargs, log_image, tracker_names
 from .vae_config import VAETrainConfig, active_phase, validate
 from .vae_parts import (CachedItems, bucket_data_configs, find_last_layer, load_init_weights, parameter_groups,
                         video_of)
@@ -125,9 +127,8 @@ class VAETrainer(TrainLoop):
         t = self.cfg.train
         # frozen groups have no gradient: DDP must be told that some parameters may go unused
         ddp = DistributedDataParallelKwargs(find_unused_parameters=bool(self.cfg.phases) or t.stage == "motion")
-        return Accelerator(cpu=t.cpu, mixed_precision=t.mixed_precision,
-                           log_with=None if t.tracker == "none" else t.tracker, project_dir=t.run_dir,
-                           kwargs_handlers=[ddp])
+        return Accelerator(cpu=t.cpu, mixed_precision=t.mixed_precision, kwargs_handlers=[ddp],
+                           **accelerator_kwargs(t.tracker, t.run_dir))
 
     def _lr_factor(self, taken: int) -> float:
         w = self.cfg.optim.warmup_steps
@@ -273,7 +274,7 @@ class VAETrainer(TrainLoop):
                 raise ConfigError(f"model.init_from: {cfg.name} cannot be initialised from an image VAE")
             init(cfg.init_from)
         if cfg.init_from_run:
-            state = load_init_weights(cfg.init_from_run, cfg.init_weights)
+            state = load_init_weights(cfg.init_from_run, str(cfg.init_weights))
             missing, unexpected = self.model.load_state_dict(state, strict=False)
             if missing or unexpected:
                 raise ConfigError(f"model.init_from_run={cfg.init_from_run} does not fit {cfg.name}: "
@@ -405,26 +406,36 @@ class VAETrainer(TrainLoop):
 
     @torch.no_grad()
     def write_samples(self, step: int) -> Path | None:
-        """input | reconstruction (EMA weights) [| DeCo components] as a gif/mp4 in ``samples/``."""
+        """input | reconstruction (EMA weights) [| DeCo components], labelled, as a gif/mp4 in ``samples/``; a still
+        contact sheet of it goes to the trackers."""
         if not self.accelerator.is_main_process:
             return None
         model = self.ema.module
         x = self._samples.to(self.device)
-        rows = []
+        rows, labels = [], []
         for i in range(x.shape[0]):
             xi = x[i:i + 1]
             if self.cfg.train.stage == "motion":  # input | W(x_0, M(x_t, x_0)) | flow | scale
                 m, pred = model.motion(xi[0].transpose(0, 1), xi[:, :, 0].expand(xi.shape[2], -1, -1, -1))
-                rows.append([xi[0], pred.transpose(0, 1).clamp(-1, 1)] + motion_panels(m.transpose(0, 1)))
+                flow = motion_panels(m.transpose(0, 1))
+                rows.append([xi[0], pred.transpose(0, 1).clamp(-1, 1)] + flow)
+                labels.append(["input", "warped frame 0", "flow", "scale"][:len(rows[-1])])
                 continue
             x_hat = model.decode(model.encode(xi).mode()).clamp(-1, 1)
-            panels = [xi[0], x_hat[0]]
+            panels, names = [xi[0], x_hat[0]], ["input", "reconstruction"]
             if getattr(model, "has_components", False):  # DeCo-VAE: keyframe, motion (flow picture + scale), residual
                 c = model.decoupled_components(xi)
-                panels += [c["keyframe"][0]] + motion_panels(c["motion"][0]) + [c["residual"][0].clamp(-1, 1)]
+                flow = motion_panels(c["motion"][0])
+                panels += [c["keyframe"][0]] + flow + [c["residual"][0].clamp(-1, 1)]
+                names += ["keyframe"] + ["flow", "scale"][:len(flow)] + ["residual"]
             rows.append(panels)
+            labels.append(names)
         path = self.run.samples_dir / f"step-{step:06d}.{self.cfg.train.sample_format}"
-        write_panels(path, rows, fps=self.cfg.train.sample_fps)
+        grid = panel_grid(rows, labels)
+        write_video(path, video_to_uint8(grid), fps=self.cfg.train.sample_fps)
+        if tracker_names(self.cfg.train.tracker):
+            sheet = contact_sheet([grid], [f"step {step}: EMA reconstructions"])
+            log_image(self.accelerator, f"samples/{self.cfg.train.stage}", sheet, step)
         return path
 
 
