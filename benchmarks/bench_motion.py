@@ -52,6 +52,7 @@ def horn_schunck() -> torch.nn.Module:
     src = subprocess.run(["git", "-C", str(ROOT), "show", f"{OLD_COMMIT}:tokenizer/motion.py"], check=True,
                          capture_output=True, text=True).stdout
     mod = types.ModuleType("old_motion")
+    sys.modules["old_motion"] = mod  # dataclasses look their module up
     exec(compile(src.replace("from .", "from tokenizer."), "old_motion.py", "exec"), mod.__dict__)
     return mod.HornSchunckFlow(mod.MotionConfig(kind="classical"))
 

@@ -74,6 +74,7 @@ class DeCoVAEConfig:
     # motion module M (tokenizer.motion): one coarse-to-fine architecture for every preset
     motion: str = "learned"  # learned (coarse-to-fine, pre-trained weights shipped) | classical (OpenCV DIS, scale 0)
     motion_max_flow: float = 32.0  # flow bound in pixels
+    motion_classical: str = "dis"  # motion=classical: OpenCV dis | farneback
     motion_sigma0: float = 1.5
     motion_num_levels: int = 5
     # pre-trained motion weights loaded at construction (then cleared, see DeCoVAE): "default" = the toolkit's own
@@ -115,7 +116,8 @@ class DeCoVAEConfig:
                               temporal_down_levels=list(self.temporal_down_levels), mid_attention=self.mid_attention)
 
     def motion_config(self) -> MotionConfig:
-        return MotionConfig(kind=self.motion, max_flow=self.motion_max_flow, sigma0=self.motion_sigma0,
+        return MotionConfig(kind=self.motion, max_flow=self.motion_max_flow, classical=self.motion_classical,
+                            sigma0=self.motion_sigma0,
                             num_levels=self.motion_num_levels)
 
 
@@ -126,10 +128,10 @@ class DeCoVAE(VideoVAE):
     (decoupling=dedicated) or ``encoder`` (concat, none), and ``decoder``.
 
     ``motion_ckpt``: ``"default"`` (every preset) loads the toolkit's pre-trained motion weights
-    (``tokenizer/weights/motion.safetensors``), a path loads that file, null keeps a random motion module. They
-    are loaded at construction (a clear error names a missing file); ``self.config`` then records the file's SHA-256 in ``motion_ckpt_sha256`` and drops the path,
-    because from then on the motion weights travel inside this model's own weights (a saved model must not need
-    the original checkpoint file to load).
+    (``tokenizer/weights/motion.safetensors``), a path loads that file, null keeps a random motion module. They are
+    loaded at construction (a clear error names a missing file); ``self.config`` then records the file's SHA-256 in
+    ``motion_ckpt_sha256`` and drops the path, because from then on the motion weights travel inside this model's
+    own weights (a saved model must not need the original checkpoint file to load).
     """
 
     config_class = DeCoVAEConfig
@@ -355,8 +357,9 @@ class DeCoVAE(VideoVAE):
                              generator: torch.Generator | None = None) -> dict:
         """Everything between input and output of one whole-clip pass, for losses and pictures.
 
-        Returns (videos are (b 3 t h w)): ``keyframe`` X_k, ``motion`` X_m (flow x, flow y, scale; see
-        :func:`flow_to_rgb`), ``residual`` X_r, ``prediction`` x_hat^m = W(x_0, m); their reconstructions
+        Returns (videos are (b 3 t h w)): ``keyframe`` X_k, ``motion`` X_m (flow x, flow y, scale; pictures:
+        :func:`tokenizer.training.samples.motion_panels`), ``residual`` X_r, ``prediction`` x_hat^m = W(x_0, m); their
+        reconstructions
         ``keyframe_hat`` (decoded keyframe video), ``motion_hat``, ``residual_hat``, ``prediction_hat`` =
         W(x_hat_0, m_hat); ``reconstruction`` (eq. 8), ``posterior`` and the latent ``z``.
         """

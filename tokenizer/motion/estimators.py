@@ -4,8 +4,8 @@
   of both frames (1/2 .. 1/16 resolution); from the coarsest level to 1/4: warp x_0's features by the current flow,
   a local correlation (cost volume) against x_t's features, a small conv decoder predicts a residual flow update;
   the 1/4-resolution flow is upsampled bilinearly. A scale head reads the finest level. Outputs are bounded:
-  flow = ``max_flow tanh(raw / max_flow)`` pixels, scale = ``num_levels sigmoid(raw)`` levels, so no input can
-  make it diverge. One architecture for every DeCo-VAE preset, so one shipped weights file serves them all.
+  flow = ``max_flow tanh(raw / max_flow)`` pixels per component, scale = ``num_levels sigmoid(raw)`` levels, so no
+  input can make it diverge. One architecture for every DeCo-VAE preset, so one shipped weights file serves them all.
 - :class:`OpenCVFlow` (``kind="classical"``): OpenCV's DIS optical flow (or Farneback), scale 0; training-free.
 
 Flow is carried in pixels of the input frame inside the estimators and handed out in grid_sample's normalised
@@ -138,13 +138,13 @@ class CoarseToFineFlow(nn.Module):
         """
         h, w = x_t.shape[-2:]
         ph, pw = (-h) % self.multiple, (-w) % self.multiple
-        x = torch.cat([self.normalise(x_t.float()), self.normalise(x_0.float())], dim=0)  # (2b) 3 h w
-        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        size = x.shape[-2:]
+        pad = lambda x: F.pad(self.normalise(x.float()), (0, pw, 0, ph), mode="replicate")  # noqa: E731
+        a, b = pad(x_t), pad(x_0)  # one frame at a time through the pyramid: memory of b frames, not 2b
+        size = a.shape[-2:]
         feats = []
         for block in self.pyramid:
-            x = block(x)
-            feats.append(x.chunk(2, dim=0))  # (f_t, f_0) per level
+            a, b = block(a), block(b)
+            feats.append((a, b))  # (f_t, f_0) per level
         flow, outs = None, []
         for i in range(len(FEATURES) - 1, FINEST - 1, -1):  # coarse to fine
             f_t, f_0 = feats[i]
@@ -169,7 +169,8 @@ class CoarseToFineFlow(nn.Module):
 
 # ----------------------------------------------------------------------------------------- classical estimator
 class OpenCVFlow(nn.Module):
-    """Training-free baseline: OpenCV's DIS (preset medium) or Farneback flow from x_0 to x_t, scale 0.
+    """Training-free baseline: OpenCV's DIS (preset medium, refined to full resolution) or Farneback flow from x_0
+    to x_t, scale 0.
 
     Backward flow as the warp wants it: ``calcOpticalFlow(x_t, x_0)`` gives ``x_t(p) ~ x_0(p + flow(p))``. Runs on
     the host (one numpy round trip per pair); no parameters.
@@ -184,6 +185,11 @@ class OpenCVFlow(nn.Module):
 
         if self.method == "dis":
             dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+            # down to full resolution, more patch and variational iterations: on held-out known motions this
+            # halved the preset's error at 64 px (0.50 -> 0.22 px) for about twice its time
+            dis.setFinestScale(0)
+            dis.setGradientDescentIterations(25)
+            dis.setVariationalRefinementIterations(10)
             return dis.calc(a, b, None)
         return cv2.calcOpticalFlowFarneback(a, b, None, pyr_scale=0.5, levels=4, winsize=15, iterations=3,
                                             poly_n=5, poly_sigma=1.1, flags=0)

@@ -28,7 +28,8 @@ OBJECTIVES = ("known_motion", "photometric")
 @dataclass
 class MotionLossConfig:
     objective: str = "known_motion"  # known_motion | photometric
-    level_weights: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # known_motion: EPE weight per estimation level, coarsest first
+    # known_motion: EPE weight per estimation level (1/16, 1/8, 1/4), coarsest first
+    level_weights: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
     scale_weight: float = 0.1  # known_motion: L1 of the scale (levels) against the truth
     charbonnier_eps: float = 1e-3  # photometric
     smooth_weight: float = 0.02  # photometric: first-order smoothness of the flow (in pixels)

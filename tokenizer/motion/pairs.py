@@ -180,6 +180,9 @@ class KnownMotionPairs(Dataset):
     def _crop(self, g: torch.Generator) -> tuple[torch.Tensor, tuple[int, int, int]]:
         c = self.cfg
         pic = self.pictures[int(torch.randint(len(self.pictures), (1,), generator=g))]
+        if min(pic.shape[-2:]) < c.size:  # a small video frame (carphone: 144 px) at a large size: upsample it
+            pic = F.interpolate(pic[None], scale_factor=c.size / min(pic.shape[-2:]) + 1e-6, mode="bicubic",
+                                align_corners=False)[0].clamp(-1, 1)
         short = min(pic.shape[-2:])
         frac = c.min_crop + (1 - c.min_crop) * float(torch.rand(1, generator=g))
         side = max(int(short * frac), c.size)

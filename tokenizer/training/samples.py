@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from einops import rearrange, repeat
 
@@ -73,10 +74,38 @@ def stack_rows(rows: Sequence[torch.Tensor], gap: int = 2) -> torch.Tensor:
     return torch.cat(parts[:-1], dim=2)
 
 
-def write_panels(path: str | Path, samples: Sequence[Sequence[torch.Tensor]], fps: float = 8) -> Path:
-    """Write one row of panels per sample (e.g. ``[[input, reconstruction], ...]``) as a gif or an H.264 mp4.
+LABEL_HEIGHT = 12  # px of the label strip above the panels
+
+
+def label_strip(labels: Sequence[str], widths: Sequence[int], t: int, gap: int = 2) -> torch.Tensor:
+    """A white ``(3, T, LABEL_HEIGHT, sum widths + gaps)`` strip with each label (PIL's default font, black) above
+    its panel column; a label wider than its panel is cut."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (sum(widths) + gap * (len(widths) - 1), LABEL_HEIGHT), "white")
+    draw, x = ImageDraw.Draw(img), 0
+    for text, w in zip(labels, widths):
+        cell = Image.new("RGB", (w, LABEL_HEIGHT), "white")
+        ImageDraw.Draw(cell).text((1, 0), text, fill="black")
+        img.paste(cell, (x, 0))
+        x += w + gap
+    del draw
+    strip = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1  # 3 h w
+    return repeat(strip, "c h w -> c t h w", t=t)
+
+
+def write_panels(path: str | Path, samples: Sequence[Sequence[torch.Tensor]], fps: float = 8,
+                 labels: Sequence[str] | None = None) -> Path:
+    """Write one row of panels per sample (e.g. ``[[input, reconstruction], ...]``) as a gif or an H.264 mp4;
+    ``labels`` (one per panel of a row) are written in a strip above the first row.
 
     The format follows the suffix (``.gif``, else mp4); the write is atomic.
     """
     grid = stack_rows([side_by_side(panels) for panels in samples])
+    if labels is not None:
+        if len(labels) != len(samples[0]):
+            raise ValueError(f"{len(labels)} labels for {len(samples[0])} panels per row")
+        strip = label_strip(labels, [p.shape[-1] for p in samples[0]], grid.shape[1])
+        pad = torch.ones(3, grid.shape[1], LABEL_HEIGHT, grid.shape[3] - strip.shape[3])
+        grid = torch.cat([torch.cat([strip, pad], dim=3), grid], dim=2)
     return write_video(path, video_to_uint8(grid), fps=fps)

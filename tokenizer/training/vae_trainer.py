@@ -417,10 +417,11 @@ class VAETrainer(TrainLoop):
             return None
         model = self.ema.module
         x = self._samples.to(self.device)
-        rows = []
+        rows, labels = [], ["input", "recon"]
         for i in range(x.shape[0]):
             xi = x[i:i + 1]
             if self.cfg.train.stage == "motion":  # input | W(x_0, M(x_t, x_0)) | flow | scale
+                labels = ["x_t", "W(x_0,m)", "flow", "scale"]
                 m, pred = model.motion(xi[0].transpose(0, 1), xi[:, :, 0].expand(xi.shape[2], -1, -1, -1))
                 rows.append([xi[0], pred.transpose(0, 1).clamp(-1, 1)] + motion_panels(m.transpose(0, 1)))
                 continue
@@ -429,9 +430,10 @@ class VAETrainer(TrainLoop):
             if getattr(model, "has_components", False):  # DeCo-VAE: keyframe, motion (flow picture + scale), residual
                 c = model.decoupled_components(xi)
                 panels += [c["keyframe"][0]] + motion_panels(c["motion"][0]) + [c["residual"][0].clamp(-1, 1)]
+                labels = ["input", "recon", "key", "flow", "scale", "resid"]
             rows.append(panels)
         path = self.run.samples_dir / f"step-{step:06d}.{self.cfg.train.sample_format}"
-        write_panels(path, rows, fps=self.cfg.train.sample_fps)
+        write_panels(path, rows, fps=self.cfg.train.sample_fps, labels=labels)
         return path
 
 
