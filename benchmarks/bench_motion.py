@@ -34,8 +34,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tokenizer.motion import (MotionConfig, MotionModule, default_weights_path, flow_norm_to_px,  # noqa: E402
-                              flow_px_to_norm)
+from tokenizer.motion import MotionConfig, MotionModule, default_weights_path, flow_norm_to_px  # noqa: E402
 from tokenizer.motion.pairs import (HELD_OUT_PHOTOS, SAMPLE_VIDEOS, held_out_video_frames,  # noqa: E402
                                     homography, known_motion_pair, photo)
 
