@@ -27,7 +27,8 @@ COMMANDS = {
     "data": ("tokenizer.data.__main__", "inspect a data config: the videos it finds, a decoded clip"),
     "cache": ("tokenizer.cache.__main__", "pixels -> latent shards (a VAE's latent cache)"),
     "train-vae": ("tokenizer.train_vae", "train a video VAE (DeCo-VAE, VC-VAE, plain) from a config"),
-    "motion": ("tokenizer.motion", "pre-train the DeCo-VAE motion module (motion pretrain --config ...)"),
+    "motion": ("tokenizer.motion.__main__", "export a motion-stage run as DeCo-VAE's motion checkpoint (training "
+                                            "itself: train-vae train.stage=motion)"),
     "eval-recon": ("pipelines.eval_recon", "reconstruction metrics of a VAE (PSNR, SSIM, LPIPS, rFVD)"),
     "train-latte": ("diffusion.train_latte", "train Latte on a latent cache"),
     "sample": ("pipelines.sample", "sample videos from a Latte run, optionally score FVD16"),

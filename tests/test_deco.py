@@ -22,12 +22,9 @@ def clip() -> torch.Tensor:
 
 
 def tiny(name: str = "deco-tiny", **overrides):
+    """A tiny preset: random encoders and decoder, the shipped (pre-trained) motion module M."""
     torch.manual_seed(0)
-    vae = build_vae(name, **overrides).eval()
-    head = getattr(getattr(vae, "motion", None), "estimator", None)
-    if head is not None and hasattr(head, "head"):  # a random, non-zero motion field (the head is zero at init)
-        torch.nn.init.normal_(head.head.weight, std=0.3)
-    return vae
+    return build_vae(name, **overrides).eval()
 
 
 @pytest.mark.parametrize("motion,gop", [("learned", None), ("classical", None), ("learned", 4)])
@@ -99,6 +96,30 @@ def test_decode_is_recoupling_of_decoded_components(clip):
         expected = vae.motion.warp(x0_hat, c["motion_hat"]) + c["residual_hat"]
         torch.testing.assert_close(c["reconstruction"], expected, atol=1e-5, rtol=0)
         torch.testing.assert_close(c["prediction"], vae.motion.warp(clip[:, :, 0], c["motion"]), atol=1e-6, rtol=0)
+
+
+def test_decode_equals_an_independent_eq8(clip):
+    """Eq. 8 rebuilt without the model's recoupling or warp: the shared decoder on each zero-padded latent, the
+    keyframe video averaged over time, CompressAI's ScaleSpaceFlow warp (scale converted to its grid units), plus the
+    decoded residual, frame by frame."""
+    from compressai.models.video.google import ScaleSpaceFlow
+
+    vae, ssf = tiny(), ScaleSpaceFlow(num_levels=5, sigma0=1.5)
+    with torch.no_grad():
+        z = vae.encode(clip).mode()
+        z = z + 0.5 * torch.randn(z.shape, generator=torch.Generator().manual_seed(0))  # any latent, not only a code
+        width = vae.decoder.config.latent_channels
+        z_k, z_m, z_r = torch.split(z, [16, 16, 16], dim=1)
+        dec = lambda zi: vae.decoder(F.pad(zi, (0, 0, 0, 0, 0, 0, 0, width - zi.shape[1])))  # noqa: E731
+        k_hat, m_hat, r_hat = dec(z_k), dec(z_m), dec(z_r)  # b 3 t h w each
+        x0_hat = k_hat.mean(dim=2)
+        assert m_hat[:, :2].abs().amax() > 1e-3  # a real motion field to warp by
+        frames = []
+        for t in range(clip.shape[2]):
+            m = m_hat[:, :, t]
+            depth = (2 * m[:, 2:] + 1) / 6 - 1  # levels -> grid_sample depth of a 6-level volume
+            frames.append(ssf.forward_prediction(x0_hat, torch.cat([m[:, :2], depth], 1)) + r_hat[:, :, t])
+        torch.testing.assert_close(vae.decode(z), torch.stack(frames, dim=2), atol=2e-5, rtol=0)
 
 
 def test_gradients_reach_motion_module_and_every_part(clip):
@@ -258,12 +279,15 @@ def test_a_model_built_from_a_motion_checkpoint_loads_without_it(tmp_path, clip)
     """The motion weights are loaded at construction and then saved with the model: the checkpoint file may go."""
     from tokenizer.io import save_weights, sha256_file
 
-    donor = tiny()
+    torch.manual_seed(2)
+    donor = build_vae("deco-tiny", motion_ckpt=None)  # a random motion module, not the shipped one
     ckpt = tmp_path / "motion.safetensors"
-    save_weights({f"estimator.{k}": v for k, v in donor.motion.estimator.state_dict().items()}, ckpt)
+    save_weights({f"estimator.{k}": v for k, v in donor.motion.estimator.state_dict().items()}, ckpt,
+                 config={"motion": donor.motion.record()})
     torch.manual_seed(1)  # another random init everywhere else: the estimator must still be the checkpoint's
     vae = build_vae("deco-tiny", motion_ckpt=str(ckpt)).eval()
-    assert torch.equal(vae.motion.estimator.head.weight, donor.motion.estimator.head.weight)
+    for k, v in donor.motion.estimator.state_dict().items():
+        assert torch.equal(vae.motion.estimator.state_dict()[k], v)
     assert vae.config.motion_ckpt is None and vae.config.motion_ckpt_sha256 == sha256_file(ckpt)
     folder = vae.save_pretrained(tmp_path / "vae")
     ckpt.unlink()

@@ -194,11 +194,14 @@ def test_guard_skips_counts_and_stops():
 
 # --- samples -----------------------------------------------------------------------------------------------------
 def test_motion_panels_and_side_by_side_gif(tmp_path):
+    from torchvision.utils import flow_to_image
+
     motion = torch.zeros(3, 1, 3, 3)  # flow x, flow y, scale
-    motion[0, 0, 0, 0] = 0.5  # +x: red at full saturation
-    motion[2] = torch.linspace(0, 2, 9).view(1, 3, 3)
+    motion[0, 0, 0, 0] = 8.0 * 2 / 3  # +x, 8 px (the fixed scale): torchvision's colour of a unit +x flow
+    motion[2] = torch.linspace(0, 5, 9).view(1, 3, 3)
     flow, scale = [(p + 1) / 2 for p in motion_panels(motion)]
-    assert torch.allclose(flow[:, 0, 0, 0], torch.tensor([1.0, 0.0, 0.0]), atol=1e-6)
+    unit = flow_to_image(torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)).float()[0, :, 0, 0] / 255
+    assert torch.allclose(flow[:, 0, 0, 0], unit, atol=3e-3)
     assert torch.allclose(flow[:, 0, 2, 2], torch.ones(3))  # no motion: white
     assert torch.allclose(scale[:, 0, 0, 0], torch.zeros(3)) and torch.allclose(scale[:, 0, 2, 2], torch.ones(3))
     clip = torch.rand(3, 5, 8, 8) * 2 - 1
@@ -210,3 +213,7 @@ def test_motion_panels_and_side_by_side_gif(tmp_path):
 
     im = Image.open(path)
     assert im.n_frames == 5 and im.size == (8 * 2 + 2, 8 * 2 + 2)
+    labelled = Image.open(write_panels(tmp_path / "l.gif", [[clip, clip]], labels=[["a", "b"]])).convert("RGB")
+    assert labelled.size == (8 * 2 + 2, 12 + 8)
+    strip = np.asarray(labelled)[:12]
+    assert strip.min() < 100 and (strip[:, :8] < 100).any() and (strip[:, 10:] < 100).any()  # text over each panel

@@ -59,6 +59,18 @@ def _valid_keys(schema: Any, dotted: str) -> list[str]:
     return []
 
 
+def _open_free_dicts(node: DictConfig) -> None:
+    """Free-form ``dict`` fields (e.g. ``model.config``, a preset's overrides) take any key; dataclass sections
+    stay strict."""
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            if OmegaConf.get_type(child) is dict:
+                OmegaConf.set_struct(child, False)
+            else:
+                _open_free_dicts(child)
+
+
 def _merge(base: DictConfig, other: Any, source: str, schema: Any) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)
@@ -143,6 +155,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     """
     cfg = OmegaConf.structured(schema)
     OmegaConf.set_struct(cfg, True)
+    _open_free_dicts(cfg)
     sources: list[tuple[str, set[str]]] = []
     if path is not None:
         path = find_config(path)
@@ -173,6 +186,7 @@ def from_dict(schema: type[T], values: dict, source: str = "<dict>") -> T:
     """Validate a plain dict (e.g. a config stored beside a checkpoint) against ``schema``."""
     cfg = OmegaConf.structured(schema)
     OmegaConf.set_struct(cfg, True)
+    _open_free_dicts(cfg)
     cfg = _merge(cfg, OmegaConf.create(values), source, schema)
     return _build(cfg, [(source, set(flatten(values)))], None)
 

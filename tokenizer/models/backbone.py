@@ -35,7 +35,7 @@ from ..modules import (ConvSpec, FrameAttention, FrameCache, FrameGroupNorm, Res
 
 # Sizes of the plain baseline's encoder and decoder. DeCo-VAE builds its encoders and its decoder from the same
 # numbers, so that "plain vs DeCo" compares like with like; whoever changes them says so.
-# [64, 128, 160, 192]: three encoders + the shared decoder + the motion U-Net = 61.98M, DeCo-VAE's 62M (Table 3).
+# [64, 128, 160, 192]: three encoders + the shared decoder + the motion module = 61.62M, DeCo-VAE's 62M (Table 3).
 PLAIN_SIZES = dict(block_out_channels=[64, 128, 160, 192], layers_per_block=2, norm_num_groups=32)
 # Tiny sizes for tests and the demo (encode + decode of 17x64x64 well under a second on a CPU core).
 TINY_SIZES = dict(block_out_channels=[8, 16, 16, 16], layers_per_block=1, norm_num_groups=2)

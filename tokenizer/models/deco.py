@@ -46,7 +46,7 @@ from ..base import VideoVAE
 from ..config import ConfigError
 from ..distributions import DiagonalGaussian
 from ..modules import FrameCache
-from ..motion import MOTION_KINDS, MotionConfig, MotionModule
+from ..motion import MOTION_KINDS, MotionConfig, MotionModule, default_weights_path
 from ..registry import register_vae
 from .backbone import PLAIN_SIZES, TINY_SIZES, BackboneConfig, Decoder3D, Encoder3D, frame_chunks
 
@@ -71,12 +71,15 @@ class DeCoVAEConfig:
     decoupling: str = "dedicated"  # dedicated (paper) | concat (Table 4) | none (plain, Table 5 row 1)
     component_channels: list[int] = field(default_factory=lambda: [16, 16, 16])  # latent widths of k, m, r
     gop: Optional[int] = None  # frames per keyframe (a multiple of 4); None = one keyframe per clip (paper)
-    # motion module M (tokenizer.motion)
-    motion: str = "learned"  # learned (U-Net, pre-trained self-supervised) | classical (Horn-Schunck, scale 0)
-    motion_channels: list[int] = field(default_factory=lambda: [32, 64, 96, 128])  # U-Net widths, 1/2 .. 1/16 res
+    # motion module M (tokenizer.motion): one coarse-to-fine architecture for every preset
+    motion: str = "learned"  # learned (coarse-to-fine, pre-trained weights shipped) | classical (OpenCV DIS, scale 0)
+    motion_max_flow: float = 32.0  # flow bound in pixels
+    motion_classical: str = "dis"  # motion=classical: OpenCV dis | farneback
     motion_sigma0: float = 1.5
     motion_num_levels: int = 5
-    motion_ckpt: Optional[str] = None  # pre-trained motion weights, loaded at construction (then cleared, see below)
+    # pre-trained motion weights loaded at construction (then cleared, see DeCoVAE): "default" = the toolkit's own
+    # (tokenizer/weights/motion.safetensors), a path, or null = random init
+    motion_ckpt: Optional[str] = "default"
     motion_ckpt_sha256: Optional[str] = None  # provenance: SHA-256 of the motion checkpoint that was loaded
     # latent normalisation diffusion applies: (z - shift_factor) * scaling_factor
     scaling_factor: float = 1.0
@@ -98,7 +101,7 @@ class DeCoVAEConfig:
                 raise ConfigError("gop needs a decoupled model (decoupling=dedicated or concat)")
             if self.gop < t_c or self.gop % t_c:
                 raise ConfigError(f"gop must be a positive multiple of the temporal compression {t_c}, got {self.gop}")
-        if self.motion_ckpt and self.motion != "learned":
+        if self.motion_ckpt and self.motion_ckpt != "default" and self.motion != "learned":
             raise ConfigError(f"motion_ckpt is for the learned motion module, but motion='{self.motion}'")
 
     @property
@@ -113,7 +116,8 @@ class DeCoVAEConfig:
                               temporal_down_levels=list(self.temporal_down_levels), mid_attention=self.mid_attention)
 
     def motion_config(self) -> MotionConfig:
-        return MotionConfig(kind=self.motion, channels=list(self.motion_channels), sigma0=self.motion_sigma0,
+        return MotionConfig(kind=self.motion, max_flow=self.motion_max_flow, classical=self.motion_classical,
+                            sigma0=self.motion_sigma0,
                             num_levels=self.motion_num_levels)
 
 
@@ -123,10 +127,11 @@ class DeCoVAE(VideoVAE):
     Attributes (parameter groups): ``motion`` (absent for decoupling=none), ``enc_k``, ``enc_m``, ``enc_r``
     (decoupling=dedicated) or ``encoder`` (concat, none), and ``decoder``.
 
-    ``motion_ckpt``: when set, the pre-trained motion weights are loaded at construction (a clear error names the
-    missing file); ``self.config`` then records the file's SHA-256 in ``motion_ckpt_sha256`` and drops the path,
-    because from then on the motion weights travel inside this model's own weights (a saved model must not need
-    the original checkpoint file to load).
+    ``motion_ckpt``: ``"default"`` (every preset) loads the toolkit's pre-trained motion weights
+    (``tokenizer/weights/motion.safetensors``), a path loads that file, null keeps a random motion module. They are
+    loaded at construction (a clear error names a missing file); ``self.config`` then records the file's SHA-256 in
+    ``motion_ckpt_sha256`` and drops the path, because from then on the motion weights travel inside this model's
+    own weights (a saved model must not need the original checkpoint file to load).
     """
 
     config_class = DeCoVAEConfig
@@ -151,9 +156,14 @@ class DeCoVAE(VideoVAE):
             width = 9 if mode == "concat" else 3
             self.encoder = Encoder3D(config.backbone(width, self.latent_channels, width))
             self.decoder = Decoder3D(config.backbone(width, self.latent_channels, width))
-        if config.motion_ckpt:
-            sha = self.motion.load_pretrained(config.motion_ckpt)
+        ckpt = config.motion_ckpt
+        if ckpt == "default":  # the shipped weights, for the learned module only (classical has none)
+            ckpt = str(default_weights_path()) if mode != "none" and config.motion == "learned" else None
+        if ckpt and not _on_meta(self):
+            sha = self.motion.load_pretrained(ckpt)
             self.config = dataclasses.replace(config, motion_ckpt=None, motion_ckpt_sha256=sha)
+        elif config.motion_ckpt == "default":
+            self.config = dataclasses.replace(config, motion_ckpt=None)
 
     # ------------------------------------------------------------------------------------------ parameter groups
     def parameter_groups(self) -> dict[str, nn.Module]:
@@ -347,8 +357,9 @@ class DeCoVAE(VideoVAE):
                              generator: torch.Generator | None = None) -> dict:
         """Everything between input and output of one whole-clip pass, for losses and pictures.
 
-        Returns (videos are (b 3 t h w)): ``keyframe`` X_k, ``motion`` X_m (flow x, flow y, scale; see
-        :func:`flow_to_rgb`), ``residual`` X_r, ``prediction`` x_hat^m = W(x_0, m); their reconstructions
+        Returns (videos are (b 3 t h w)): ``keyframe`` X_k, ``motion`` X_m (flow x, flow y, scale; pictures:
+        :func:`tokenizer.training.samples.motion_panels`), ``residual`` X_r, ``prediction`` x_hat^m = W(x_0, m); their
+        reconstructions
         ``keyframe_hat`` (decoded keyframe video), ``motion_hat``, ``residual_hat``, ``prediction_hat`` =
         W(x_hat_0, m_hat); ``reconstruction`` (eq. 8), ``posterior`` and the latent ``z``.
         """
@@ -365,6 +376,11 @@ class DeCoVAE(VideoVAE):
         return {**comps, "keyframe_hat": hats["keyframe"], "motion_hat": hats["motion"],
                 "residual_hat": hats["residual"], "prediction_hat": prediction_hat,
                 "reconstruction": prediction_hat + hats["residual"], "posterior": posterior, "z": z}
+
+
+def _on_meta(module: nn.Module) -> bool:
+    """Built on the meta device (parameter counts): there is nothing to load weights into."""
+    return any(p.is_meta for p in module.parameters())
 
 
 def _split_moments(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -393,7 +409,7 @@ def deco_concat() -> DeCoVAEConfig:
 
 
 _TINY = dict(block_out_channels=list(TINY_SIZES["block_out_channels"]), layers_per_block=TINY_SIZES["layers_per_block"],
-             norm_num_groups=TINY_SIZES["norm_num_groups"], motion_channels=[8, 16, 16])
+             norm_num_groups=TINY_SIZES["norm_num_groups"])  # the same motion module as the full presets
 
 
 @register_vae("deco-tiny", DeCoVAE)

@@ -1,9 +1,10 @@
 """Reconstruction samples a run writes every N steps: labelled panels side by side in one gif or mp4, and the
 same as a still contact sheet (a few frames of it, side by side) for the trackers and for pipelines/sample.py.
 
-A panel is a ``(C, T, H, W)`` clip in [-1, 1]; motion fields (flow x, flow y[, scale]) are drawn with the
-optical-flow colour wheel of ``tokenizer.motion.flow_to_rgb`` (hue = direction, saturation = magnitude, white = no
-motion) and their scale channel, if any, as grey. Panels of one frame (a keyframe) are held for the whole clip.
+A panel is a ``(C, T, H, W)`` clip in [-1, 1]; motion fields (flow x, flow y[, scale]) are drawn with torchvision's
+optical-flow colour wheel (``flow_to_image``: hue = direction, saturation = magnitude, white = no motion) on a
+fixed scale (``max_flow`` pixels = full saturation, so a near-zero flow stays white), and their scale channel, if
+any, as grey on the fixed range [0, 5] levels. Panels of one frame (a keyframe) are held for the whole clip.
 """
 from __future__ import annotations
 
@@ -16,16 +17,32 @@ from einops import rearrange, repeat
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data.video_io import video_to_uint8, write_video
-from ..motion import flow_to_rgb
+from ..motion import flow_norm_to_px
 
 
-def motion_panels(motion: torch.Tensor) -> list[torch.Tensor]:
+def flow_picture(motion: torch.Tensor, max_flow: float = 8.0) -> torch.Tensor:
+    """Flow (b 2 h w), normalised units -> (b 3 h w) in [-1, 1]: torchvision's colour wheel, fixed scale.
+
+    ``flow_to_image`` divides by the largest magnitude of each picture; one extra column holding a vector of
+    ``max_flow`` pixels (cut off afterwards) pins that scale, and larger flows are clipped to it.
+    """
+    from torchvision.utils import flow_to_image
+
+    px = flow_norm_to_px(motion.float())
+    mag = px.norm(dim=1, keepdim=True)
+    px = px * (max_flow / mag.clamp_min(max_flow))  # clip to the scale
+    ref = torch.zeros_like(px[..., :1])
+    ref[:, 0] = max_flow
+    img = flow_to_image(torch.cat([px, ref], dim=-1))[..., :-1]  # b 3 h w uint8
+    return img.float() / 127.5 - 1
+
+
+def motion_panels(motion: torch.Tensor, max_flow: float = 8.0, max_scale: float = 5.0) -> list[torch.Tensor]:
     """A motion field ``(2 or 3, T, H, W)`` -> [flow picture, scale picture (if 3 channels)], each (3, T, H, W)."""
-    panels = [flow_to_rgb(motion[None, :2])[0]]  # DeCo-VAE's colour wheel (tokenizer.motion)
+    flow = rearrange(flow_picture(rearrange(motion[:2], "m t h w -> t m h w"), max_flow), "t c h w -> c t h w")
+    panels = [flow]
     if motion.shape[0] > 2:
-        s = motion[2:3].float()
-        lo, hi = float(s.min()), float(s.max())
-        grey = (s - lo) / (hi - lo) * 2 - 1 if hi > lo else torch.zeros_like(s)
+        grey = (motion[2:3].float() / max_scale).clamp(0, 1) * 2 - 1  # 0 levels black, max_scale white
         panels.append(repeat(grey, "1 t h w -> c t h w", c=3))
     return panels
 

@@ -5,8 +5,9 @@ Stages:
   L1 + LPIPS + KL (+ the 3D PatchGAN from ``loss.gan_start``). Parameter groups can be frozen per phase
   (``phases``), switching at a configured step inside one run; a later phase can also be its own run started
   from a previous run's weights (``model.init_from_run``).
-- ``motion``: DeCo-VAE's motion-module pre-training (self-supervised warp + smoothness loss from
-  ``tokenizer.motion``); only the ``motion`` parameter group is trained.
+- ``motion``: DeCo-VAE's motion-module pre-training (``tokenizer.motion``): ``motion_loss.objective=known_motion``
+  (default) on known-motion pairs of real pictures (``motion_pairs``, the ``data`` section is not read), or
+  ``photometric`` (warp + smoothness) on the ``data`` clips; only the ``motion`` parameter group is trained.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from ..data import DataConfig
 from ..data.video_io import VideoFormat
 from ..discriminator import DiscriminatorConfig
 from ..losses import LossConfig
-from ..motion import MotionLossConfig
+from ..motion import OBJECTIVES, MotionLossConfig
+from ..motion.pairs import KnownMotionConfig
 from .trackers import check_tracker
-
 
 
 class Stage(Choice):
@@ -116,13 +117,15 @@ class VAETrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     phases: list[PhaseSection] = field(default_factory=list)
     motion_loss: MotionLossConfig = field(default_factory=MotionLossConfig)  # train.stage=motion only
+    motion_pairs: KnownMotionConfig = field(default_factory=KnownMotionConfig)  # motion_loss.objective=known_motion
     train: TrainSection = field(default_factory=TrainSection)
 
 
 def validate(cfg: VAETrainConfig) -> None:
     """Checks that need several fields; raises ConfigError with the offending key."""
     t = cfg.train
-    check_choices(("train.mixed_precision", t.mixed_precision, PRECISIONS))  # "no": YAML reads a bare no as false
+    check_choices(("train.mixed_precision", t.mixed_precision, PRECISIONS),  # "no": YAML reads a bare no as false
+                  ("motion_loss.objective", cfg.motion_loss.objective, OBJECTIVES))
     check_tracker("train.tracker", t.tracker)
     check_at_least(t, ("max_steps", "batch_size", "checkpoint_every", "sample_every", "log_every", "max_nonfinite",
                        "keep_last"), prefix="train.")

@@ -84,12 +84,17 @@ class VAETrainer(TrainLoop):
 
         # data
         pairs = bucket_data_configs(cfg)
-        for dcfg, _ in pairs:
+        known_motion = t.stage == "motion" and cfg.motion_loss.objective == "known_motion"
+        for dcfg, _ in ([] if known_motion else pairs):  # known-motion pairs are frame pairs, not clips
             self.model.check_frames(dcfg.num_frames)
             s = self.model.compression[1]
             if dcfg.resolution % s:
                 raise ConfigError(f"data.resolution={dcfg.resolution} is not a multiple of {self.model.name}'s "
                                   f"spatial compression {s}")
+        if datasets is None and known_motion:
+            from ..motion.pairs import KnownMotionPairs
+
+            datasets = [KnownMotionPairs(cfg.motion_pairs)]
         if datasets is None:
             datasets = [build_dataset(dcfg) for dcfg, _ in pairs]
         if len(datasets) != len(pairs):
@@ -311,8 +316,10 @@ class VAETrainer(TrainLoop):
         self.model_ddp.train()
         losses: dict[str, torch.Tensor] = {}
         with acc.autocast():
-            if t.stage == "motion":
-                g_loss, logs = self.motion_loss(acc.unwrap_model(self.model_ddp), x)
+            if t.stage == "motion":  # the whole batch: known-motion pairs carry their true flow
+                on_device = {k: v.to(self.device) for k, v in batch.items() if torch.is_tensor(v)} \
+                    if isinstance(batch, dict) else x
+                g_loss, logs = self.motion_loss(acc.unwrap_model(self.model_ddp), on_device)
                 logs = {"loss": g_loss.detach(), **logs}
                 x_hat = None
             else:
