@@ -90,12 +90,18 @@ def test_old_folder_still_loads(tmp_path, clip):
     assert loaded.fingerprint() == vae.fingerprint()
 
 
-def test_an_image_vae_folder_is_refused_by_name(tmp_path):
+def test_an_image_vae_folder_is_the_framewise_sd_vae_not_a_toolkit_folder(tmp_path):
     from diffusers import AutoencoderKL
 
+    from tokenizer.base import VideoVAE
+    from tokenizer.models.sd import SDVAE
+
     AutoencoderKL(block_out_channels=(8,), norm_num_groups=8, latent_channels=4).save_pretrained(tmp_path / "sd")
-    with pytest.raises(ValueError, match="AutoencoderKL"):
-        load_vae(tmp_path / "sd")
+    assert isinstance(load_vae(tmp_path / "sd"), SDVAE)  # Latte's tokenizer (issue 15), frame by frame
+    with pytest.raises(ValueError, match="AutoencoderKL"):  # the toolkit's own loader names what it found
+        VideoVAE.load(tmp_path / "sd")
+    toolkit = build_vae("plain-tiny").save_pretrained(tmp_path / "plain")  # config.json too, but a toolkit class
+    assert not isinstance(load_vae(toolkit), SDVAE)
 
 
 def test_latte_folder_round_trip_and_diffusers_load(tmp_path):

@@ -147,10 +147,22 @@ def resolve_folder(folder: str | Path) -> Path:
 
 
 def is_diffusers_folder(path: str | Path) -> bool:
-    """Whether ``path`` looks like a diffusers model folder rather than a toolkit ``save_pretrained`` folder."""
+    """Whether ``path`` is a diffusers model folder of another library's class (an ``AutoencoderKL``), rather than
+    a toolkit ``save_pretrained`` folder (old layout: ``config.yaml``; diffusers layout: ``_class_name`` VidtokVAE or
+    VidtokLatte)."""
+    from ..pretrained import LATTE_CLASS, VAE_CLASS
+
     path = Path(path)
-    return path.is_dir() and not (path / "config.yaml").is_file() and (
-        (path / "config.json").is_file() or (path / "vae" / "config.json").is_file())
+    if not path.is_dir() or (path / "config.yaml").is_file():
+        return False
+    for config in (path / "config.json", path / "vae" / "config.json"):
+        if config.is_file():
+            try:
+                kind = json.loads(config.read_text()).get("_class_name")
+            except (json.JSONDecodeError, AttributeError):
+                return True  # from_diffusers names the broken file
+            return kind not in (VAE_CLASS, LATTE_CLASS)
+    return False
 
 
 @register_vae("sd", SDVAE)
