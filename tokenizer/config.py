@@ -44,6 +44,25 @@ def check_at_least(section: Any, keys: Sequence[str], low: int = 1, prefix: str 
                                                                                              else ""))
 
 
+def _structured(schema: Any) -> DictConfig:
+    """The schema's defaults in struct mode (an unknown key is an error), except free-form mappings -- fields typed
+    ``dict[str, Any]`` such as ``model.config``, the preset overrides -- which take any key."""
+    cfg = OmegaConf.structured(schema)
+    OmegaConf.set_struct(cfg, True)
+
+    def open_maps(node: DictConfig) -> None:
+        for key in node:
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+                if child._metadata.object_type in (None, dict):
+                    OmegaConf.set_struct(child, False)
+                else:
+                    open_maps(child)
+
+    open_maps(cfg)
+    return cfg
+
+
 def _valid_keys(schema: Any, dotted: str) -> list[str]:
     """Field names valid at the level of ``dotted`` (e.g. 'optim.lrr' -> fields of the optim schema)."""
     node = OmegaConf.structured(schema)
@@ -109,8 +128,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     ``validate(cfg)`` runs checks that need several fields. Every error is a :class:`ConfigError`; one about a
     value names its key from the top of the config and the file or override that set it.
     """
-    cfg = OmegaConf.structured(schema)
-    OmegaConf.set_struct(cfg, True)
+    cfg = _structured(schema)
     sources: list[tuple[str, set[str]]] = []
     if path is not None:
         path = Path(path)
@@ -139,8 +157,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
 
 def from_dict(schema: type[T], values: dict, source: str = "<dict>") -> T:
     """Validate a plain dict (e.g. a config stored beside a checkpoint) against ``schema``."""
-    cfg = OmegaConf.structured(schema)
-    OmegaConf.set_struct(cfg, True)
+    cfg = _structured(schema)
     cfg = _merge(cfg, OmegaConf.create(values), source, schema)
     return _build(cfg, [(source, set(flatten(values)))], None)
 

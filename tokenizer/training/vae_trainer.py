@@ -70,7 +70,10 @@ class VAETrainer(TrainLoop):
 
         # models (identical on every process: same seed; DDP also broadcasts rank 0's weights)
         seed_everything(t.seed)
-        self.model: VideoVAE = build_vae(cfg.model.name, **cfg.model.config)
+        try:
+            self.model: VideoVAE = build_vae(cfg.model.name, **cfg.model.config)
+        except TypeError as err:  # a field the preset does not have
+            raise ConfigError(f"model.config: {err}") from None
         if cfg.model.gradient_checkpointing:
             self.model.enable_gradient_checkpointing(True)
         self.groups = parameter_groups(self.model)
