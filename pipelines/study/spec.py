@@ -5,8 +5,8 @@ plus a few ``key=value`` overrides, started from one of three points:
 
 - ``start: fresh`` -- the model's own initialisation;
 - ``start: image_vae`` -- inflated from the study's own 2D image VAE (``model.init_from``, VC-VAE sec. 3.2);
-- ``start: motion`` -- from the DeCo-VAE motion stage of the same seed (``model.init_from_run``), the first step of
-  DeCo-VAE's decoupled adaptation.
+- ``start: motion`` -- from the DeCo-VAE motion stage of the same seed and model (``model.init_from_run``), the
+  first step of DeCo-VAE's decoupled adaptation (``motion_steps`` of ``train.stage=motion``).
 
 ``decoupled_adaptation: true`` adds DeCo-VAE's two phases inside the run: phase 1 freezes the motion module,
 phase 2 (from ``phase2_at`` of the steps on) freezes the keyframe encoder.
@@ -77,8 +77,7 @@ class StudyConfig:
     steps: int = 600  # optimisation steps of every variant
     eval_every: int = 100  # held-out evaluation points (checkpoints) along each run
     motion_steps: int = 100  # DeCo-VAE's motion stage (train.stage=motion), shared by the start=motion variants
-    motion_model: str = "deco-compact-tiny"
-    motion_overrides: list[str] = field(default_factory=list)
+    motion_overrides: list[str] = field(default_factory=list)  # on top of the variant's model.* overrides
     phase2_at: float = 0.75  # decoupled adaptation: phase 2 starts at this fraction of the steps
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     image_vae: ImageVAESpec = field(default_factory=ImageVAESpec)
