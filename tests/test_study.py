@@ -131,3 +131,33 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     bad = _study(tmp_path / "x", "stepz=3")
     assert bad.returncode == 2 and "stepz" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_direction_verdicts_and_table_rows_from_records():
+    """The verdict compares the gap of the means with the seeds' combined spread; rows are last-checkpoint means
+    and sample standard deviations over seeds (numbers made by hand here, checked against statistics)."""
+    import statistics
+
+    from pipelines.study.report import table_rows, verdict
+    from pipelines.study.spec import StudyConfig, Table, TableRow, Variant
+
+    assert verdict((20.0, 0.1), (21.0, 0.1)) == "holds"
+    assert verdict((20.0, 0.3), (20.6, 0.4)) == "holds"  # spread = hypot(0.3, 0.4) = 0.5 < 0.6
+    assert verdict((20.0, 1.0), (20.5, 1.0)) == "holds within seed spread"
+    assert verdict((21.0, 0.1), (20.0, 0.1)) == "does not hold"
+    assert verdict((20.5, 1.0), (20.0, 1.0)) == "does not hold (within seed spread)"
+
+    def rec(*curve):  # checkpoints at steps 10, 20, ... with per-frame PSNR [v, v + 1]
+        return {"checkpoints": {f"step-{10 * (i + 1):06d}": {"step": 10 * (i + 1), "per_frame": [v, v + 1.0],
+                                                             "psnr": v + 0.5} for i, v in enumerate(curve)},
+                "wall_s": 5.0}
+
+    study = StudyConfig(variants=[Variant(name="a"), Variant(name="b")])
+    records = {"a": [rec(10.0, 12.0), rec(11.0, 14.0)], "b": [rec(12.0, 13.0), rec(13.5, 16.0)]}
+    rows = table_rows(study, Table(title="t", rows=[TableRow("a", 1.0), TableRow("b", 2.0)]), records)
+    assert rows[0]["seeds"] == [12.5, 14.5] and rows[1]["seeds"] == [13.5, 16.5]
+    assert rows[1]["std"] == pytest.approx(statistics.stdev([13.5, 16.5]))
+    assert rows[1]["direction"] == "holds within seed spread"
+    assert rows[1]["steps_to_first_row_final"] == 20  # b's mean curve (13.25, 15.5) passes a's final 13.5 at 20
+    first = table_rows(study, Table(title="t", metric="psnr_first", rows=[TableRow("a"), TableRow("b")]), records)
+    assert first[0]["seeds"] == [12.0, 14.0] and first[1]["mean"] == pytest.approx(14.5)

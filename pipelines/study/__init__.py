@@ -63,8 +63,7 @@ def run_study(study: StudyConfig, out: Path, recipe_overrides: Sequence[str] = (
     base = runs.train_config(study, [*extra, f"train.run_dir={out / 'unused'}"], progress)
     first = next(iter(records.values()))[0]
     facts = {"mode": mode, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-             "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch threads "
-                        f"{__import__('torch').get_num_threads()}",
+             "machine": _machine(),
              "command": command, "batch": base.train.batch_size, "resolution": base.data.resolution,
              "train_range": list(base.data.time_range or [0, 1]), "test_clips": f"{first['test_clips']} clips",
              "wall_s_this_launch": time.perf_counter() - t0}
@@ -72,6 +71,19 @@ def run_study(study: StudyConfig, out: Path, recipe_overrides: Sequence[str] = (
         facts["image_vae"] = {"parameters": image_facts[0]["parameters"], "steps": image_facts[0]["steps"],
                               "psnr": sum(f["psnr"] for f in image_facts) / len(image_facts)}
     return write_report(study, records, out, facts)
+
+
+def _machine() -> str:
+    import os
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
