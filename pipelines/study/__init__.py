@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="study_out", help="output folder (re-running resumes there)")
     p.add_argument("--quick", action="store_true", help="a few steps per run (the test suite's setting, < 2 min)")
     p.add_argument("--only", nargs="+", help="train and score only these variants (the report keeps the tables "
-                                             "whose variants are all among them)")
+                                             "whose variants are all among them); put key=value overrides before it")
     p.add_argument("--recipe-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override on every run's training config, e.g. train.batch_size=2")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
