@@ -37,7 +37,18 @@ def make_beta_schedule(name: str, num_timesteps: int) -> torch.Tensor:
 def space_timesteps(num_timesteps: int, sections: Union[int, str, Iterable[int]]) -> list[int]:
     """The original steps a respaced sampler keeps, IDDPM's rule: the T steps are cut into equal sections and
     each section keeps ``count`` steps evenly spaced from its first to its last step (rounded; both ends kept).
-    ``sections``: one count (``250``) or counts per section (``"10,15,20"``). Returns sorted step numbers."""
+    ``sections``: one count (``250``) or counts per section (``"10,15,20"``), or IDDPM's ``"ddimN"``: the integer
+    stride that keeps exactly N steps, ``range(0, T, stride)`` (``ddim50`` of 1000: 0, 20, ..., 980), an error if
+    no stride does. Returns sorted step numbers."""
+    if isinstance(sections, str) and sections.startswith("ddim"):
+        count = sections[len("ddim"):]
+        if not count.isdigit():
+            raise ValueError(f"respacing '{sections}': 'ddim' must be followed by a step count, e.g. ddim50")
+        strides = [s for s in range(1, num_timesteps) if len(range(0, num_timesteps, s)) == int(count)]
+        if not strides:
+            raise ValueError(f"respacing '{sections}': no integer stride keeps exactly {count} of {num_timesteps} "
+                             "steps")
+        return list(range(0, num_timesteps, strides[0]))
     counts = [int(c) for c in sections.split(",")] if isinstance(sections, str) else (
         [int(sections)] if isinstance(sections, int) else [int(c) for c in sections])
     size, extra = divmod(num_timesteps, len(counts))

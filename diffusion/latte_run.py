@@ -130,7 +130,10 @@ def run_record(cfg: LatteTrainConfig, spec: CacheSpec, normalizer: LatentNormali
         "cache": {"dir": str(spec.cache_dir.resolve()), "identity_digest": identity_digest(ident),
                   "num_frames": ident["num_frames"], "frame_interval": data.get("frame_interval"),
                   "resolution": data.get("resolution"), "dataset": data.get("kind"), "split": data.get("split"),
-                  "clips": (spec.manifest.get("clips") or {}).get("stored")},
+                  "clips": (spec.manifest.get("clips") or {}).get("stored"),
+                  # the augmentation recipe: cached windows per video, flip copies, how training draws them
+                  "clips_per_video": data.get("clips_per_video"), "frame_indices": data.get("frame_indices", "stride"),
+                  "flip_copies": ident["storage"].get("flip_copies"), "variants": cfg.data.variants},
         "vae": {"name": spec.vae["name"], "fingerprint": spec.vae["fingerprint"],
                 "ckpt": str(Path(cfg.vae.ckpt).resolve()) if cfg.vae.ckpt else None,
                 "source": spec.manifest.get("vae_source"),

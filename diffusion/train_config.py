@@ -24,6 +24,7 @@ TRACKERS = ("tensorboard", "none")
 SAMPLE_FORMATS = ("gif", "mp4")
 NORMALIZE = ("stats", "vae", "none")
 CONDITIONING = ("auto", "class", "none")
+VARIANTS = ("all", "one_per_video")
 
 
 @dataclass
@@ -54,6 +55,9 @@ class DataSection:
     normalize: str = "stats"  # stats (manifest per-channel mean/std) | vae (scale/shift) | none
     sample_posterior: bool = True  # z = mu + sigma * eps per item (as Latte's vae.encode().sample()); needs std
     conditioning: str = "auto"  # class (num_classes from the manifest) | none (unconditional) | auto: class if >1
+    # all: every cached clip (each window, each flip copy) once per epoch | one_per_video: each epoch visits every
+    # video once and draws one of its cached variants, seeded by (train.seed, epoch, video) -- Latte's loader
+    variants: str = "all"
     num_workers: int = 0  # DataLoader workers per process
 
 
@@ -128,7 +132,8 @@ def validate(cfg: LatteTrainConfig) -> None:
                   ("model.name", cfg.model.name, tuple(LATTE_PRESETS)),
                   ("diffusion.beta_schedule", cfg.diffusion.beta_schedule, BETA_SCHEDULES),
                   ("data.normalize", cfg.data.normalize, NORMALIZE),
-                  ("data.conditioning", cfg.data.conditioning, CONDITIONING))
+                  ("data.conditioning", cfg.data.conditioning, CONDITIONING),
+                  ("data.variants", cfg.data.variants, VARIANTS))
     check_at_least(t, ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "max_nonfinite",
                        "keep_last"), prefix="train.")
     for key in ("every", "num", "steps"):

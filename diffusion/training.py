@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from tokenizer.cache import CacheError, LatentCacheDataset, cache_vae
+from tokenizer.cache import CacheError, LatentCacheDataset, VideoVariants, cache_vae
 from tokenizer.config import ConfigError
 from tokenizer.io import state_dict_fingerprint
 from tokenizer.training import (EMA, ClipStream, NonFiniteGuard, RunDir, RunMonitor, derive_seed,
@@ -43,6 +43,7 @@ from .train_config import LatteTrainConfig, clip_active, validate
 STATE_FORMAT = 1
 _DRAW = 0x64726177  # 'draw': the stream of per-clip training draws
 _LATENT = 0x6C61746E  # 'latn': the stream of posterior samples in the cache reader
+_VARIANT = 0x76617269  # 'vari': the per-epoch draw of each video's cached variant
 
 
 def make_accelerator(cfg: LatteTrainConfig):
@@ -81,6 +82,8 @@ class LatteTrainer(TrainLoop):
         self.dataset = dataset if dataset is not None else LatentCacheDataset(
             self.spec.cache_dir, expect_fingerprint=self.spec.vae["fingerprint"], normalize=d.normalize,
             sample=d.sample_posterior, seed=derive_seed(t.seed, _LATENT))
+        if dataset is None and d.variants == "one_per_video":  # one cached window x flip per video and epoch
+            self.dataset = VideoVariants(self.dataset, seed=derive_seed(t.seed, _VARIANT))
         normalizer = getattr(self.dataset, "normalizer", None)
         if normalizer is None:
             from tokenizer.cache import LatentNormalizer
@@ -215,7 +218,9 @@ class LatteTrainer(TrainLoop):
             m.info(f"new run in {self.run.root}: {cfg.model.name}, {self.num_parameters:,} parameters, "
                    f"{acc.num_processes} process(es) on {acc.device}, {layout}, mixed precision {acc.mixed_precision}")
         c, tl, h, w = self.spec.latent_shape
-        m.info(f"cache {self.spec.cache_dir}: {len(self.dataset)} clips, latents ({c}, {tl}, {h}, {w}) of VAE "
+        per_epoch = (f"{len(self.dataset)} videos per epoch, one of their cached variants each"
+                     if isinstance(self.dataset, VideoVariants) else f"{len(self.dataset)} clips")
+        m.info(f"cache {self.spec.cache_dir}: {per_epoch}, latents ({c}, {tl}, {h}, {w}) of VAE "
                f"'{self.spec.vae['name']}', {self.spec.num_classes or 'no'} classes, normalize={cfg.data.normalize}")
         m.info(f"effective batch {self.effective_batch} = {t.batch_size} per process x {acc.num_processes} "
                f"process(es) x {t.grad_accum} accumulation step(s)")

@@ -1,4 +1,8 @@
-"""Frechet Video Distance under a written, seeded protocol (FVD16 = StyleGAN-V's ``fvd2048_16f``).
+"""Frechet Video Distance under a written, seeded protocol.
+
+Protocols by name: ``fvd16`` = StyleGAN-V's ``fvd2048_16f`` (real clips at stride 1); ``fvd16_latte`` = the copy of
+it Latte evaluated with (real clips every 3rd frame, Latte's training frame interval; Latte used the TorchScript
+detector); ``fvd128`` = StyleGAN-V's ``fvd2048_128f``.
 
 Library::
 
@@ -19,8 +23,9 @@ The protocol (see README, "Evaluation"):
   (or unreadable) is skipped; each accepted video gets a start offset uniform in ``[0, n - span]`` from
   ``default_rng([seed, 1])``; the walk stops at ``num_real`` clips;
 - generated clips: the first ``num_fake`` files / frame folders in natural name order, frames ``0, s, .., (F-1) s``;
-- every clip: centre crop to a square, bilinear resize to 224 x 224 (``align_corners=False``, no antialias, as the
-  StyleGAN-V detector resizes), values in [0, 255] handed to the detector (which maps them to [-1, 1]);
+- every clip: centre crop to a square, resize to 224 x 224: downscaling with PIL's Lanczos filter on the uint8
+  frames (StyleGAN-V's dataset preparation filter: antialiased), upscaling bilinear (``align_corners=False``);
+  values in [0, 255] handed to the detector (which maps them to [-1, 1]);
 - features: 400-d I3D logits averaged over time; float64 mean and biased covariance (divide by N);
 - distance: clean-fid's ``frechet_distance`` (``scipy.linalg.sqrtm``, real part).
 """
@@ -60,8 +65,8 @@ SELECTION_RULE = (
     "a video shorter than (num_frames - 1) * real_stride + 1 frames, or unreadable, is skipped; start offset "
     "default_rng([seed, 1]).integers(0, n_frames - span + 1) per accepted video; stop at num_real clips. "
     "fake: the first num_fake files / frame folders in natural name order, frames 0, s, .., (num_frames - 1) s.")
-PREPROCESSING = ("centre crop to a square; bilinear resize to resolution x resolution (align_corners=False, "
-                 "no antialias); [0, 255] -> [-1, 1]")
+PREPROCESSING = ("centre crop to a square; resize to resolution x resolution: PIL Lanczos on uint8 frames when "
+                 "downscaling, bilinear (align_corners=False) when upscaling; [0, 255] -> [-1, 1]")
 
 
 # ------------------------------------------------------------------------------------------------------ protocol
@@ -89,7 +94,8 @@ class FVDProtocol:
         return (self.num_frames - 1) * self.real_stride + 1
 
     def with_overrides(self, **changes: Any) -> "FVDProtocol":
-        """A copy with some fields changed; the name records every change (``fvd16[real_stride=3]``). An unknown
+        """A copy with some fields changed; the name records every field that differs from the named protocol
+        (``fvd16[real_stride=2]``; changed twice: one tag, ``fvd16[num_frames=8,real_stride=2]``). An unknown
         field is a ValueError naming the valid ones."""
         valid = [f.name for f in dataclasses.fields(self) if f.name != "name"]
         unknown = sorted(set(changes) - set(valid))
@@ -98,8 +104,15 @@ class FVDProtocol:
         changes = {k: v for k, v in changes.items() if v is not None and getattr(self, k) != v}
         if not changes:
             return self
-        tag = ",".join(f"{k}={v}" for k, v in sorted(changes.items()))
-        return dataclasses.replace(self, name=f"{self.name}[{tag}]", **changes)
+        base = self.name.split("[")[0]
+        new = dataclasses.replace(self, **changes)
+        ref = PROTOCOLS.get(base)
+        if ref is None:  # an ad-hoc protocol: tag this change
+            tag = ",".join(f"{k}={v}" for k, v in sorted(changes.items()))
+            return dataclasses.replace(new, name=f"{self.name}[{tag}]")
+        diffs = {k: getattr(new, k) for k in valid if getattr(new, k) != getattr(ref, k)}
+        tag = ",".join(f"{k}={v}" for k, v in sorted(diffs.items()))
+        return dataclasses.replace(new, name=f"{base}[{tag}]" if diffs else base)
 
     def to_dict(self) -> dict:
         return dict(dataclasses.asdict(self), selection=SELECTION_RULE, preprocessing=PREPROCESSING,
@@ -108,12 +121,26 @@ class FVDProtocol:
 
 
 PROTOCOLS = {
-    "fvd16": FVDProtocol("fvd16"),  # StyleGAN-V fvd2048_16f: the protocol of the Latte / DeCo-VAE tables
+    "fvd16": FVDProtocol("fvd16"),  # StyleGAN-V fvd2048_16f: real clips at stride 1
+    # Latte's copy of StyleGAN-V's evaluation (realdata_subsample_factor=3 for UCF101 / SkyTimelapse): real clips
+    # every 3rd frame, as Latte trains; generated clips at stride 1. Latte ran it with the TorchScript detector.
+    "fvd16_latte": FVDProtocol("fvd16_latte", real_stride=3),
     "fvd128": FVDProtocol("fvd128", num_frames=128),  # StyleGAN-V fvd2048_128f
 }
+# The detector each published protocol was run with (a different one gives a number not comparable to theirs).
+PUBLISHED_DETECTOR = {"fvd16": "i3d_torchscript", "fvd16_latte": "i3d_torchscript", "fvd128": "i3d_torchscript"}
 
 
-fvd16, fvd128 = PROTOCOLS["fvd16"], PROTOCOLS["fvd128"]  # the protocol objects by their published names
+fvd16, fvd16_latte, fvd128 = PROTOCOLS["fvd16"], PROTOCOLS["fvd16_latte"], PROTOCOLS["fvd128"]  # by published name
+
+
+def protocol_for_run(num_frames: int, frame_interval: int) -> FVDProtocol:
+    """The protocol a Latte run is evaluated under: real clips at the run's frame interval (so generated clips,
+    which move at that interval, are compared with real clips moving the same way). Interval 3 with 16 frames is
+    Latte's UCF101 / SkyTimelapse recipe: ``fvd16_latte``; interval 1: ``fvd16``; others: ``fvd16[real_stride=k]``."""
+    base = "fvd16_latte" if frame_interval == 3 else "fvd16"
+    protocol = PROTOCOLS[base]
+    return protocol.with_overrides(real_stride=frame_interval) if frame_interval != protocol.real_stride else protocol
 
 
 def get_protocol(protocol: str | FVDProtocol, **overrides: Any) -> FVDProtocol:
@@ -221,16 +248,39 @@ def fake_clips(sources: Sequence[str | Path], protocol: FVDProtocol) -> list[Cli
     return clips
 
 
-def prepare_clip(frames: torch.Tensor, resolution: int) -> torch.Tensor:
-    """uint8 (T, H, W, C) -> float32 (3, T, resolution, resolution) with values in [0, 255] (centre crop, resize)."""
-    x = rearrange(frames, "t h w c -> t c h w").float()
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)  # grey -> RGB, as StyleGAN-V repeats the channel
-    h, w = x.shape[-2:]
+RESIZE_MODES = ("lanczos", "bilinear_aa", "bilinear")
+
+
+def lanczos_resize(frames: np.ndarray, resolution: int) -> np.ndarray:
+    """uint8 (T, S, S, 3) -> uint8 (T, r, r, 3) with PIL's Lanczos filter (a = 3, widened by the scale factor when
+    downscaling), as StyleGAN-V's dataset preparation resizes frames."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(f).resize((resolution, resolution), Image.LANCZOS)) for f in frames])
+
+
+def prepare_clip(frames: torch.Tensor, resolution: int, resize: str = "lanczos") -> torch.Tensor:
+    """uint8 (T, H, W, C) -> float32 (3, T, resolution, resolution) with values in [0, 255] (centre crop, resize).
+
+    Downscaling (``resize="lanczos"``, the protocol's): PIL Lanczos on the uint8 frames, the filter StyleGAN-V
+    prepares its datasets with (antialiased: no aliasing of 720p sources). Upscaling, and the modes kept for the
+    benchmark that measures them: torch bilinear, ``align_corners=False``, antialiased (``bilinear_aa``, the
+    triangle filter widened by the scale factor) or point-sampled (``bilinear``, this toolkit's old path).
+    """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"unknown resize '{resize}': choose one of {', '.join(RESIZE_MODES)}")
+    if frames.shape[-1] == 1:
+        frames = frames.expand(-1, -1, -1, 3)  # grey -> RGB, as StyleGAN-V repeats the channel
+    h, w = frames.shape[1:3]
     s = min(h, w)
-    x = x[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]  # centre square crop
+    crop = frames[:, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]  # centre square crop
+    if s > resolution and resize == "lanczos" and crop.dtype == torch.uint8:
+        small = torch.from_numpy(lanczos_resize(crop.contiguous().numpy(), resolution))  # t r r c uint8
+        return rearrange(small, "t h w c -> c t h w").float().contiguous()
+    x = rearrange(crop, "t h w c -> t c h w").float()
     if s != resolution:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=False)
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                          antialias=resize != "bilinear" and s > resolution)
     return rearrange(x, "t c h w -> c t h w").contiguous()
 
 
@@ -351,7 +401,7 @@ class RealSource:
             return ""
         return (f"the data config's clips ({self.data_clip[0]} frames every {self.data_clip[1]}) are not used: FVD "
                 f"takes only its list of videos; real clips follow protocol {protocol.name} ({protocol.num_frames} "
-                f"frames every {protocol.real_stride}; real_stride=3 reproduces Latte's evaluation)")
+                f"frames every {protocol.real_stride}; protocol fvd16_latte (real stride 3) is Latte's evaluation)")
 
 
 def _listing_digest(videos: Sequence[str | Path], root: str | Path | None) -> str:
@@ -566,7 +616,7 @@ class FVDConfig:
     fake_stride: Optional[int] = None
     resolution: Optional[int] = None
     seed: Optional[int] = None
-    detector: str = "i3d_pt"  # i3d_pt | i3d_torchscript | random
+    detector: str = "i3d_pt"  # i3d_pt | i3d_torchscript | i3d_rgb_imagenet | random
     detector_path: Optional[str] = None  # else $VIDTOK_I3D_PATH
     batch_size: int = 8
     num_workers: int = 2

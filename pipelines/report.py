@@ -1,4 +1,4 @@
-"""The VAE-choice report: one row per video VAE, reconstruction beside downstream generation quality.
+"""The VAE-choice report: reconstruction beside downstream generation quality, one table per measurement protocol.
 
     python -m pipelines.report runs/eval-deco runs/eval-vcvae samples/latte-ucf-deco samples/latte-ucf-vcvae \
         bench_vae.json --out outputs/report
@@ -6,22 +6,27 @@
 Each argument is a JSON file or a folder (searched for ``*.json``). Each JSON is recognised by its content:
 
 - a reconstruction row (``pipelines/eval_recon.py``, or :meth:`pipelines.metrics.ReconMetrics.compute` plus a
-  VAE name): ``psnr``, ``ssim``, ``lpips``, ``rfvd`` (a number or ``{"value", "label", "detector"}``), maybe
-  ``parameters``, ``latent_shape``, ``compression``, ``encode_ms`` / ``decode_ms``;
+  VAE name): ``psnr``, ``ssim``, ``lpips`` (with their bootstrap ``intervals`` when given), ``rfvd`` (a number or
+  ``{"value", "label", "detector", ...}``), maybe ``parameters``, ``latent_shape``, ``compression``, timings;
 - a generation result (``pipelines/sample.py --fvd`` writes ``fvd.json`` with ``"kind": "latte_fvd"``): the VAE, the
-  Latte run's training steps and the FVD16 result of :func:`pipelines.fvd.compute_fvd`;
-- a VAE benchmark row (``benchmarks/bench_vae.py``; a list of rows or one row): ``model``, ``params_M``,
-  ``encode_s`` / ``decode_s`` per clip, ``compression``, ``latent_channels``;
-- a VAE description (:meth:`tokenizer.VideoVAE.describe`): ``name``, ``parameters``, ``compression``,
-  ``latent_channels``.
+  Latte run's training steps, the FVD result of :func:`pipelines.fvd.compute_fvd` and, for ``--seeds``, the FVD of
+  every sample seed;
+- a VAE benchmark row (``benchmarks/bench_vae.py``) or a VAE description (:meth:`tokenizer.VideoVAE.describe`).
 
-Rows are keyed by the VAE's registry name; for a registered preset, facts no file states (parameters, compression,
-latent shape of the clip an input names) come from the preset built on the meta device. A file that names no VAE,
-or is none of the above (per-video sidecars, training configs), is ignored. A missing number shows as "—". An FVD
-or rFVD computed with a randomly initialised I3D is marked "†" (not comparable to published numbers), an FVD with
-fewer clips than its protocol asks "‡", an LPIPS with a random backbone "§".
-Outputs (atomically): ``vae_report.md`` (the table), ``vae_report.png`` (FVD16 against rFVD) and
-``vae_report.json`` (the merged rows).
+Numbers are only put in one column when they were measured under one protocol. A generation FVD's protocol is
+(protocol name, frames, resolution, real and generated stride, real-clip seed, preprocessing, detector and its
+weights' SHA-256, real set and its listing digest, numbers of real and generated clips): FVDs that differ in any of
+these go to separate tables, each titled and its column named from its protocol, with the differences to the
+first table listed; ``--single-table`` refuses such inputs instead, naming the differences. rFVDs measured under
+different protocols (detector, weights, frames, resolution, clips) get separate, named columns likewise.
+
+Each row shows the latent shape and the compression ratio; rows of one table that differ in latent size get a
+visible note. Uncertainty: PSNR / SSIM / LPIPS show their bootstrap interval over clips when the input has one
+(``ReconMetrics``), an FVD over several sample seeds shows mean ± standard deviation and the number of seeds.
+Marks: † an FVD or rFVD from a detector whose numbers are not comparable to published FVD (random-init I3D,
+``rgb_imagenet.pt``), ‡ fewer clips than the protocol asks, § LPIPS with a random backbone.
+Outputs (atomically): ``vae_report.md``, ``vae_report.png`` (one panel per generation protocol: FVD against
+rFVD) and ``vae_report.json`` (one object per VAE: its row and its generation results with their protocols).
 """
 from __future__ import annotations
 
@@ -36,16 +41,22 @@ from typing import Any, Iterable, Optional, Sequence
 from tokenizer.io import atomic_path, write_json, write_text
 
 MISSING = "—"
-RANDOM_MARK = "†"
+RANDOM_MARK = "†"  # not comparable to published FVD (random-init I3D, rgb_imagenet.pt)
 INCOMPLETE_MARK = "‡"
 LPIPS_RANDOM_MARK = "§"
-COLUMNS = ("VAE", "params (M)", "latent shape", "compression", "encode (ms/clip)", "decode (ms/clip)", "PSNR",
-           "SSIM", "LPIPS", "rFVD", "Latte FVD16", "Latte steps")
+LATENT_MARK = "◇"
+RECON_COLUMNS = ("VAE", "params (M)", "latent shape", "compression", "encode (ms/clip)", "decode (ms/clip)",
+                 "PSNR", "SSIM", "LPIPS")
+GEN_COLUMNS = ("VAE", "latent shape", "compression", "{fvd}", "sample seeds", "Latte steps")
+
+
+class ProtocolMismatch(ValueError):
+    """Numbers measured under different protocols were asked to share one table."""
 
 
 @dataclass
 class VAERow:
-    """Everything the report knows about one VAE; ``None`` = not measured (shown as "—")."""
+    """Everything the report knows about one VAE's tokenizer; ``None`` = not measured (shown as "—")."""
 
     vae: str
     parameters: Optional[int] = None
@@ -58,14 +69,11 @@ class VAERow:
     psnr: Optional[float] = None
     ssim: Optional[float] = None
     lpips: Optional[float] = None
+    intervals: dict = field(default_factory=dict)  # metric -> [low, high] (bootstrap over clips)
     lpips_random: bool = False
     rfvd: Optional[float] = None
     rfvd_random: bool = False
-    fvd16: Optional[float] = None
-    fvd_random: bool = False
-    fvd_incomplete: bool = False
-    fvd_line: Optional[str] = None
-    train_steps: Optional[int] = None
+    rfvd_protocol: Optional[dict] = None
     sources: list[str] = field(default_factory=list)
 
     def update(self, values: dict, source: str) -> None:
@@ -76,10 +84,34 @@ class VAERow:
         self.sources.append(source)
 
     def compression_ratio(self) -> Optional[float]:
-        """Pixel values per latent value of the architecture, 3 t h w / c (a causal VAE's lone first frame aside)."""
-        if self.compression and self.latent_channels:
-            return 3 * math.prod(self.compression) / self.latent_channels
-        return None
+        return compression_ratio(self.compression, self.latent_channels)
+
+
+@dataclass
+class GenerationResult:
+    """One generated set's FVD (a Latte run sampled and scored), with the protocol it was measured under."""
+
+    vae: str
+    fvd: float  # the mean over sample seeds
+    protocol: dict  # the comparison key (see protocol_key)
+    fvd_std: Optional[float] = None
+    seeds: list = field(default_factory=list)  # sample seeds, when several
+    values: list = field(default_factory=list)  # FVD of each seed
+    not_comparable: bool = False
+    incomplete: bool = False
+    line: Optional[str] = None
+    train_steps: Optional[int] = None
+    latent_shape: Optional[list[int]] = None
+    compression: Optional[list[int]] = None
+    latent_channels: Optional[int] = None
+    source: str = ""
+
+
+def compression_ratio(compression: Optional[Sequence[int]], channels: Optional[int]) -> Optional[float]:
+    """Pixel values per latent value of the architecture, 3 t h w / c (a causal VAE's lone first frame aside)."""
+    if compression and channels:
+        return 3 * math.prod(compression) / channels
+    return None
 
 
 # ------------------------------------------------------------------------------------------ reading the inputs
@@ -100,8 +132,9 @@ def _number(x: Any) -> Optional[float]:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
-def _is_random(d: Any) -> bool:
-    """Whether an FVD / rFVD result (dict) came from a randomly initialised I3D."""
+def _not_comparable(d: Any) -> bool:
+    """Whether an FVD / rFVD result (dict) came from a detector whose numbers are not comparable to published FVD
+    (it carries a label: random-init I3D, rgb_imagenet.pt)."""
     if not isinstance(d, dict):
         return False
     det = d.get("detector")
@@ -117,14 +150,49 @@ def _shape(x: Any) -> Optional[list[int]]:
         return None
 
 
+def protocol_key(result: dict) -> dict:
+    """What must be equal for two FVDs to be compared: from a :meth:`pipelines.fvd.FVDResult.to_dict`."""
+    p = result.get("protocol") if isinstance(result.get("protocol"), dict) else {}
+    det = result.get("detector") if isinstance(result.get("detector"), dict) else {}
+    real = result.get("real") if isinstance(result.get("real"), dict) else {}
+    src = real.get("source")
+    clips = result.get("clips") if isinstance(result.get("clips"), dict) else {}
+    return dict(protocol=p.get("name"), frames=p.get("num_frames"), resolution=p.get("resolution"),
+                real_stride=p.get("real_stride"), fake_stride=p.get("fake_stride"), seed=p.get("seed"),
+                preprocessing=p.get("preprocessing"), detector=det.get("name"), detector_sha256=det.get("sha256"),
+                real_set=(src.get("root") or src.get("kind")) if isinstance(src, dict) else src,
+                real_split=src.get("split") if isinstance(src, dict) else None,
+                real_listing_sha256=src.get("listing_sha256") if isinstance(src, dict) else None,
+                real_clips=clips.get("real"), generated_clips=clips.get("fake"))
+
+
+def rfvd_key(rfvd: dict) -> dict:
+    """The protocol of an rFVD (``ReconMetrics``): detector and weights, clip frames, resolution, clips."""
+    det = rfvd.get("detector") if isinstance(rfvd.get("detector"), dict) else {}
+    return dict(detector=det.get("name"), detector_sha256=det.get("sha256"), frames=rfvd.get("clip_frames"),
+                resolution=rfvd.get("resolution"), clips=rfvd.get("num_clips"))
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """'key: a vs b' for every field two protocol keys disagree on."""
+    def short(key: str, v: Any) -> Any:  # digests by their first 12 hex digits
+        return v[:12] + "…" if "sha256" in key and isinstance(v, str) else v
+
+    return [f"{k}: {short(k, a.get(k))} vs {short(k, b.get(k))}" for k in a if a.get(k) != b.get(k)]
+
+
 def _recon_values(d: dict) -> dict:
     metrics = d.get("metrics") if isinstance(d.get("metrics"), dict) else d
     rfvd = metrics.get("rfvd")
-    has_rfvd = _number(rfvd) is not None  # the flag travels with the number it describes
+    has_rfvd = _number(rfvd) is not None  # the flags travel with the number they describe
     lpips = _number(metrics.get("lpips"))
+    intervals = dict(metrics["intervals"]) if isinstance(metrics.get("intervals"), dict) else None
+    if has_rfvd and isinstance(rfvd, dict) and rfvd.get("interval"):
+        intervals = dict(intervals or {}, rfvd=rfvd["interval"])  # ReconMetrics(rfvd_bootstrap=...)
     return dict(psnr=_number(metrics.get("psnr")), ssim=_number(metrics.get("ssim")), lpips=lpips,
-                lpips_random=bool(d.get("lpips_random_backbone")) if lpips is not None else None,
-                rfvd=_number(rfvd), rfvd_random=_is_random(rfvd) if has_rfvd else None, **_vae_facts(d))
+                intervals=intervals, lpips_random=bool(d.get("lpips_random_backbone")) if lpips is not None else None,
+                rfvd=_number(rfvd), rfvd_random=_not_comparable(rfvd) if has_rfvd else None,
+                rfvd_protocol=rfvd_key(rfvd) if has_rfvd and isinstance(rfvd, dict) else None, **_vae_facts(d))
 
 
 def _vae_facts(d: dict) -> dict:
@@ -146,27 +214,36 @@ def _vae_facts(d: dict) -> dict:
                 encode_ms=_number(enc), decode_ms=_number(dec))
 
 
-def _generation_values(d: dict) -> dict:
+def _generation(name: str, d: dict, source: str) -> Optional[GenerationResult]:
     result = d.get("fvd") if isinstance(d.get("fvd"), dict) else d
     value = _number(result.get("fvd", result.get("value")))
-    complete = bool(result.get("complete", True))
-    has = value is not None  # the flags travel with the number they describe
-    return dict(fvd16=value, fvd_random=_is_random(result) if has else None,
-                fvd_incomplete=(not complete) if has else None,
-                fvd_line=result.get("line"), train_steps=d.get("train_steps"))
+    if value is None:
+        return None
+    seeds = d.get("seeds") if isinstance(d.get("seeds"), dict) else {}
+    values = [float(v) for v in seeds.get("values", [])]
+    facts = _vae_facts(d)
+    return GenerationResult(
+        vae=name, fvd=float(seeds.get("mean", value)) if values else value, protocol=protocol_key(result),
+        fvd_std=float(seeds["std"]) if values and seeds.get("std") is not None else None,
+        seeds=list(seeds.get("seeds", [])), values=values, not_comparable=_not_comparable(result),
+        incomplete=not bool(result.get("complete", True)), line=result.get("line"), train_steps=d.get("train_steps"),
+        latent_shape=facts["latent_shape"], compression=facts["compression"],
+        latent_channels=facts["latent_channels"], source=source)
 
 
-def classify(d: Any) -> list[tuple[str, dict]]:
-    """(vae, values) pairs a JSON document contributes; empty when it is not a report input."""
+def classify(d: Any, source: str = "") -> list[tuple[str, dict | GenerationResult]]:
+    """(vae, values) pairs a JSON document contributes (a :class:`GenerationResult` for a generation FVD)."""
     if isinstance(d, list):
-        return [pair for item in d for pair in classify(item)]
+        return [pair for item in d for pair in classify(item, source)]
     if not isinstance(d, dict) or d.get("kind") == "sample_video":
         return []
     name = _vae_name(d)
     if name is None:
         return []
     if d.get("kind") == "latte_fvd":
-        return [(name, dict(_generation_values(d), **_vae_facts(d)))]
+        gen = _generation(name, d, source)
+        facts = {k: v for k, v in _vae_facts(d).items() if k in ("latent_channels", "compression", "parameters")}
+        return [(name, facts)] + ([(name, gen)] if gen is not None else [])
     metrics = d.get("metrics") if isinstance(d.get("metrics"), dict) else d
     if any(k in metrics for k in ("psnr", "ssim", "lpips", "rfvd")):
         return [(name, _recon_values(d))]
@@ -186,20 +263,34 @@ def _json_files(path: Path) -> Iterable[Path]:
         raise FileNotFoundError(f"report input not found: {path}")
 
 
-def collect_rows(inputs: Sequence[str | Path]) -> list[VAERow]:
-    """One :class:`VAERow` per VAE named in the inputs, in order of first appearance."""
+def collect(inputs: Sequence[str | Path]) -> tuple[list[VAERow], list[GenerationResult]]:
+    """One :class:`VAERow` per VAE named in the inputs (order of first appearance) and every generation result."""
     rows: dict[str, VAERow] = {}
+    gens: list[GenerationResult] = []
     for item in inputs:
         for path in _json_files(Path(item)):
             try:
                 doc = json.loads(path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError):
                 continue  # not one of ours
-            for name, values in classify(doc):
-                rows.setdefault(name, VAERow(name)).update(values, str(path))
+            for name, values in classify(doc, str(path)):
+                row = rows.setdefault(name, VAERow(name))
+                if isinstance(values, GenerationResult):
+                    gens.append(values)
+                    row.sources.append(str(path))
+                else:
+                    row.update(values, str(path))
     for row in rows.values():
         fill_from_registry(row)
-    return list(rows.values())
+    for gen in gens:
+        row = rows[gen.vae]
+        gen.compression = gen.compression or row.compression
+        gen.latent_channels = gen.latent_channels or row.latent_channels
+    return list(rows.values()), gens
+
+
+def collect_rows(inputs: Sequence[str | Path]) -> list[VAERow]:
+    return collect(inputs)[0]
 
 
 def fill_from_registry(row: VAERow) -> None:
@@ -224,94 +315,240 @@ def fill_from_registry(row: VAERow) -> None:
             pass  # a clip the VAE does not take: leave it "—"
 
 
+# ------------------------------------------------------------------------------------------------ grouping
+
+def group(items: Sequence[Any], key: Any) -> list[tuple[dict, list]]:
+    """Items grouped by an equal protocol key, groups in order of first appearance."""
+    groups: dict[str, tuple[dict, list]] = {}
+    for item in items:
+        k = key(item)
+        groups.setdefault(json.dumps(k, sort_keys=True, default=str), (k, []))[1].append(item)
+    return list(groups.values())
+
+
+def fvd_column(key: dict) -> str:
+    """A generation table's FVD column, named from its protocol (never "FVD16" for 8 frames)."""
+    return f"FVD{key.get('frames')} ({key.get('protocol')})"
+
+
+def rfvd_column(key: dict, several: bool) -> str:
+    name = f"rFVD{'/'.join(map(str, key.get('frames') or []))}" if key.get("frames") else "rFVD"
+    if not several:
+        return name
+    sha = (key.get("detector_sha256") or "")[:8]
+    return f"{name} ({key.get('detector')} {sha}, {key.get('resolution')} px, {key.get('clips')} clips)"
+
+
+def check_single_table(rows: Sequence[VAERow], gens: Sequence[GenerationResult]) -> None:
+    """Refuse (ProtocolMismatch, naming every difference) numbers of one kind measured under several protocols."""
+    problems = []
+    for what, groups in (("generation FVD", group(gens, lambda g: g.protocol)),
+                         ("rFVD", group([r for r in rows if r.rfvd is not None], lambda r: r.rfvd_protocol))):
+        for key, members in groups[1:]:
+            first, first_members = groups[0]
+            names = ", ".join(m.vae for m in members)
+            problems.append(f"{what} of {names} vs {', '.join(m.vae for m in first_members)}: "
+                            f"{'; '.join(differences(first, key))}")
+    if problems:
+        raise ProtocolMismatch("these numbers were measured under different protocols and cannot share a column "
+                               "(drop --single-table to get one table per protocol): " + " | ".join(problems))
+
+
 # ------------------------------------------------------------------------------------------------- rendering
 
 def _fmt(x: Optional[float], digits: int) -> str:
     return MISSING if x is None else f"{x:.{digits}f}"
 
 
-def table_row(r: VAERow) -> list[str]:
-    ratio = r.compression_ratio()
-    comp = MISSING
-    if r.compression:
-        comp = "×".join(map(str, r.compression)) + (f" ({ratio:.0f}:1)" if ratio else "")
-    rfvd = _fmt(r.rfvd, 1) + (RANDOM_MARK if r.rfvd is not None and r.rfvd_random else "")
-    fvd = _fmt(r.fvd16, 1)
-    if r.fvd16 is not None:
-        fvd += (RANDOM_MARK if r.fvd_random else "") + (INCOMPLETE_MARK if r.fvd_incomplete else "")
-    return [f"`{r.vae}`", _fmt(None if r.parameters is None else r.parameters / 1e6, 2),
-            MISSING if not r.latent_shape else "×".join(map(str, r.latent_shape)), comp,
-            _fmt(r.encode_ms, 1), _fmt(r.decode_ms, 1), _fmt(r.psnr, 2), _fmt(r.ssim, 4),
-            _fmt(r.lpips, 4) + (LPIPS_RANDOM_MARK if r.lpips is not None and r.lpips_random else ""), rfvd,
-            fvd, MISSING if r.train_steps is None else str(r.train_steps)]
+def _with_interval(x: Optional[float], interval: Any, digits: int) -> str:
+    text = _fmt(x, digits)
+    if x is not None and isinstance(interval, (list, tuple)) and len(interval) == 2:
+        text += f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+    return text
 
 
-def markdown(rows: Sequence[VAERow], title: str = "VAE choice: reconstruction vs. Latte generation") -> str:
-    lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(table_row(r)) + " |" for r in rows]
-    notes = [f"{MISSING}: not measured."]
-    if any(r.rfvd_random and r.rfvd is not None or r.fvd_random and r.fvd16 is not None for r in rows):
-        notes.append(f"{RANDOM_MARK}: computed with a RANDOM-INIT I3D: not comparable to published FVD.")
+def _compression_cell(compression: Optional[Sequence[int]], channels: Optional[int]) -> str:
+    if not compression:
+        return MISSING
+    ratio = compression_ratio(compression, channels)
+    return "×".join(map(str, compression)) + (f" ({ratio:.0f}:1)" if ratio else "")
+
+
+def _latent_cell(shape: Optional[Sequence[int]], mark: bool) -> str:
+    return MISSING if not shape else "×".join(map(str, shape)) + (LATENT_MARK if mark else "")
+
+
+def _differs_in_latent(shapes: Sequence[Optional[Sequence[int]]]) -> bool:
+    known = {tuple(s) for s in shapes if s}
+    return len(known) > 1
+
+
+def recon_table(rows: Sequence[VAERow]) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Header, cells and the rFVD protocols (one column each) of the reconstruction table."""
+    rkeys = [k for k, _ in group([r for r in rows if r.rfvd is not None], lambda r: r.rfvd_protocol)]
+    header = list(RECON_COLUMNS) + [rfvd_column(k, len(rkeys) > 1) for k in rkeys]
+    mark = _differs_in_latent([r.latent_shape for r in rows])
+    cells = []
+    for r in rows:
+        lpips = _with_interval(r.lpips, r.intervals.get("lpips"), 4)
+        lpips += LPIPS_RANDOM_MARK if r.lpips is not None and r.lpips_random else ""
+        line = [f"`{r.vae}`", _fmt(None if r.parameters is None else r.parameters / 1e6, 2),
+                _latent_cell(r.latent_shape, mark), _compression_cell(r.compression, r.latent_channels),
+                _fmt(r.encode_ms, 1), _fmt(r.decode_ms, 1), _with_interval(r.psnr, r.intervals.get("psnr"), 2),
+                _with_interval(r.ssim, r.intervals.get("ssim"), 4), lpips]
+        for k in rkeys:
+            here = r.rfvd is not None and r.rfvd_protocol == k
+            cell = _with_interval(r.rfvd, r.intervals.get("rfvd"), 1) + (RANDOM_MARK if r.rfvd_random else "")
+            line.append(cell if here else MISSING)
+        cells.append(line)
+    return header, cells, rkeys
+
+
+def generation_table(key: dict, gens: Sequence[GenerationResult]) -> tuple[list[str], list[list[str]]]:
+    header = [c.format(fvd=fvd_column(key)) for c in GEN_COLUMNS]
+    mark = _differs_in_latent([g.latent_shape for g in gens])
+    cells = []
+    for g in gens:
+        fvd = _fmt(g.fvd, 1) + (f" ± {g.fvd_std:.1f}" if g.fvd_std is not None else "")
+        fvd += (RANDOM_MARK if g.not_comparable else "") + (INCOMPLETE_MARK if g.incomplete else "")
+        cells.append([f"`{g.vae}`", _latent_cell(g.latent_shape, mark),
+                      _compression_cell(g.compression, g.latent_channels), fvd,
+                      str(len(g.values)) if g.values else "1",
+                      MISSING if g.train_steps is None else str(g.train_steps)])
+    return header, cells
+
+
+def describe_protocol(key: dict) -> str:
+    sha = (key.get("detector_sha256") or "?")[:12]
+    real = f"real set {key.get('real_set') or '?'}"
+    if key.get("real_listing_sha256"):
+        real += f" (split {key.get('real_split')}, listing sha256 {key['real_listing_sha256'][:12]}…)"
+    return (f"protocol `{key.get('protocol')}`: {key.get('frames')} frames, {key.get('resolution')} px, real stride "
+            f"{key.get('real_stride')}, generated stride {key.get('fake_stride')}, {key.get('real_clips')} real vs "
+            f"{key.get('generated_clips')} generated clips, real-clip seed {key.get('seed')}; detector "
+            f"`{key.get('detector')}` (sha256 {sha}…); {real}; {key.get('preprocessing')}")
+
+
+def _md_table(header: Sequence[str], cells: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(c) + " |" for c in cells)]
+
+
+def markdown(rows: Sequence[VAERow], gens: Sequence[GenerationResult] = (),
+             title: str = "VAE choice: reconstruction vs. Latte generation") -> str:
+    lines = [f"# {title}", "", "## Reconstruction", ""]
+    header, cells, rkeys = recon_table(rows)
+    lines += _md_table(header, cells)
+    notes = []
+    if len(rkeys) > 1:
+        notes.append("rFVD columns: measured under different protocols (detector, weights, frames, resolution or "
+                     "clips), so they are separate columns, not one.")
+    if _differs_in_latent([r.latent_shape for r in rows]):
+        notes.append(f"{LATENT_MARK}: the rows differ in latent size: compare compression ratios, not only scores.")
+    if any(r.intervals for r in rows):
+        notes.append("[low, high]: 95% bootstrap interval over clips.")
+    lines += ["", *notes] if notes else []
+    groups = group(gens, lambda g: g.protocol)
+    for n, (key, members) in enumerate(groups, 1):
+        lines += ["", f"## Generation {n}: {fvd_column(key)}", "", describe_protocol(key), ""]
+        lines += _md_table(*generation_table(key, members))
+        gnotes = []
+        if n > 1:
+            diff = "; ".join(differences(groups[0][0], key))
+            gnotes.append(f"Not comparable with generation table 1; differs in: {diff}.")
+        if _differs_in_latent([g.latent_shape for g in members]):
+            shapes = ", ".join(f"`{g.vae}` {'×'.join(map(str, g.latent_shape or []))}" for g in members)
+            gnotes.append(f"{LATENT_MARK}: the Latte models of this table saw latents of different sizes ({shapes}): "
+                          "an FVD difference mixes the tokenizer with the diffusion model's input size.")
+        if any(g.values for g in members):
+            gnotes.append("± : standard deviation of the FVD over the sample seeds (column 'sample seeds').")
+        lines += ["", *gnotes] if gnotes else []
+    marks = [f"{MISSING}: not measured."]
+    if any(r.rfvd_random and r.rfvd is not None for r in rows) or any(g.not_comparable for g in gens):
+        marks.append(f"{RANDOM_MARK}: detector not comparable to published FVD (RANDOM-INIT I3D or rgb_imagenet.pt).")
     if any(r.lpips_random and r.lpips is not None for r in rows):
-        notes.append(f"{LPIPS_RANDOM_MARK}: random-init LPIPS backbone: not comparable to published LPIPS.")
-    if any(r.fvd_incomplete and r.fvd16 is not None for r in rows):
-        notes.append(f"{INCOMPLETE_MARK}: fewer clips than the FVD protocol asks: not comparable to published FVD16.")
-    notes.append("Compression: t×h×w (pixel values per latent value, 3·t·h·w / c). Latent shape: c×t×h×w of "
+        marks.append(f"{LPIPS_RANDOM_MARK}: random-init LPIPS backbone: not comparable to published LPIPS.")
+    if any(g.incomplete for g in gens):
+        marks.append(f"{INCOMPLETE_MARK}: fewer clips than the FVD protocol asks: not comparable to the published "
+                     "protocol.")
+    marks.append("Compression: t×h×w (pixel values per latent value, 3·t·h·w / c). Latent shape: c×t×h×w of "
                  "one clip, as stated by the inputs (sample.py: the clip Latte trained on) or, for a registered "
                  "preset, computed for the last clip an input names.")
-    lines += ["", *notes, ""]
-    fvd_lines = [f"- `{r.vae}`: {r.fvd_line}" for r in rows if r.fvd_line]
+    lines += ["", *marks, ""]
+    fvd_lines = [f"- `{g.vae}`: {g.line}" for g in gens if g.line]
     if fvd_lines:
-        lines += ["FVD protocols:", "", *fvd_lines, ""]
+        lines += ["FVD results:", "", *fvd_lines, ""]
     return "\n".join(lines)
 
 
-def plot(rows: Sequence[VAERow], path: str | Path) -> list[str]:
-    """FVD16 (y) against rFVD (x), one labelled point per VAE that has both; returns the VAEs left out."""
+def plot(rows: Sequence[VAERow], gens: Sequence[GenerationResult], path: str | Path) -> list[str]:
+    """One panel per generation protocol: FVD (y) against rFVD (x), one labelled point per VAE that has both (its
+    rFVD from the report's first rFVD protocol); returns the VAEs left out."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display; writing files only
     import matplotlib.pyplot as plt
 
-    shown = [r for r in rows if r.rfvd is not None and r.fvd16 is not None]
-    left_out = [r.vae for r in rows if r not in shown]
-    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
-    for r in shown:
-        random = r.rfvd_random or r.fvd_random
-        ax.scatter([r.rfvd], [r.fvd16], s=40, facecolors="none" if random else "C0", edgecolors="C0")
-        ax.annotate(r.vae + (f" {RANDOM_MARK}" if random else ""), (r.rfvd, r.fvd16), textcoords="offset points",
-                    xytext=(5, 4), fontsize=8)
-    ax.set_xlabel("rFVD (reconstruction)")
-    ax.set_ylabel("Latte FVD16 (generation)")
-    ax.set_title("Does a better VAE reconstruction give better generation?", fontsize=9)
+    rkeys = [k for k, _ in group([r for r in rows if r.rfvd is not None], lambda r: r.rfvd_protocol)]
+    by_vae = {r.vae: r for r in rows if r.rfvd is not None and rkeys and r.rfvd_protocol == rkeys[0]}
+    groups = group(gens, lambda g: g.protocol) or [({}, [])]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), dpi=120, squeeze=False)
+    left_out = [r.vae for r in rows if r.vae not in {g.vae for g in gens if g.vae in by_vae}]
+    for ax, (key, members) in zip(axes[0], groups):
+        for g in members:
+            r = by_vae.get(g.vae)
+            if r is None:
+                continue
+            hollow = r.rfvd_random or g.not_comparable
+            ax.scatter([r.rfvd], [g.fvd], s=40, facecolors="none" if hollow else "C0", edgecolors="C0")
+            if g.fvd_std is not None:
+                ax.errorbar([r.rfvd], [g.fvd], yerr=[g.fvd_std], fmt="none", ecolor="C0", alpha=0.5)
+            ax.annotate(g.vae + (f" {RANDOM_MARK}" if hollow else ""), (r.rfvd, g.fvd), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8)
+        ax.set_xlabel(rfvd_column(rkeys[0], False) + " (reconstruction)" if rkeys else "rFVD (reconstruction)")
+        ax.set_ylabel(f"Latte {fvd_column(key)}" if key else "Latte FVD (generation)")
+        ax.set_title("Does a better VAE reconstruction give better generation?", fontsize=9)
+        ax.grid(alpha=0.3)
     caption = []
-    if any(r.rfvd_random or r.fvd_random for r in shown):
-        caption.append(f"hollow {RANDOM_MARK}: random-init I3D, not comparable to published FVD")
+    if any(r.rfvd_random for r in by_vae.values()) or any(g.not_comparable for g in gens):
+        caption.append(f"hollow {RANDOM_MARK}: detector not comparable to published FVD")
     if left_out:
-        caption.append("no rFVD or FVD16: " + ", ".join(left_out))
+        caption.append("no rFVD or FVD: " + ", ".join(left_out))
     if caption:
         fig.text(0.01, 0.01, "\n".join(caption), fontsize=7, va="bottom")
         fig.subplots_adjust(bottom=0.14 + 0.03 * len(caption))
-    ax.grid(alpha=0.3)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return left_out
 
 
-def write_report(inputs: Sequence[str | Path], out_dir: str | Path, title: Optional[str] = None) -> dict:
-    """Collect the rows, write ``vae_report.{md,png,json}`` into ``out_dir``; return the paths and the rows."""
-    rows = collect_rows(inputs)
+def json_row(row: VAERow, gens: Sequence[GenerationResult]) -> dict:
+    """One object per VAE: its row, every generation result with its protocol, and (first result) ``fvd``,
+    ``fvd_column`` (the name its table gives it), ``fvd_random`` for quick reading."""
+    mine = [g for g in gens if g.vae == row.vae]
+    first = mine[0] if mine else None
+    return dict(asdict(row), generation=[asdict(g) for g in mine], fvd=first.fvd if first else None,
+                fvd_column=fvd_column(first.protocol) if first else None,
+                fvd_random=first.not_comparable if first else None)
+
+
+def write_report(inputs: Sequence[str | Path], out_dir: str | Path, title: Optional[str] = None,
+                 single_table: bool = False) -> dict:
+    """Collect the rows, write ``vae_report.{md,png,json}`` into ``out_dir``; return the paths, rows and results.
+    ``single_table``: refuse (:class:`ProtocolMismatch`) inputs measured under several protocols."""
+    rows, gens = collect(inputs)
     if not rows:
         raise ValueError("no report inputs found: expected eval_recon rows, sample.py fvd.json files, VAE "
                          f"benchmark rows or VAE descriptions under {', '.join(map(str, inputs))}")
+    if single_table:
+        check_single_table(rows, gens)
     out = Path(out_dir)
-    text = markdown(rows, title) if title else markdown(rows)
+    text = markdown(rows, gens, title) if title else markdown(rows, gens)
     write_text(out / "vae_report.md", text)
-    left_out = plot(rows, out / "vae_report.png")
-    write_json(out / "vae_report.json", [asdict(r) for r in rows])
+    left_out = plot(rows, gens, out / "vae_report.png")
+    write_json(out / "vae_report.json", [json_row(r, gens) for r in rows])
     return dict(markdown=out / "vae_report.md", png=out / "vae_report.png", json=out / "vae_report.json",
-                rows=rows, text=text, not_plotted=left_out)
+                rows=rows, generation=gens, text=text, not_plotted=left_out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -320,13 +557,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="JSON files or folders: eval_recon rows, sample.py fvd.json, bench_vae rows")
     parser.add_argument("--out", default="outputs/report", help="folder for vae_report.{md,png,json}")
     parser.add_argument("--title", default=None)
+    parser.add_argument("--single-table", action="store_true",
+                        help="refuse inputs measured under different protocols (default: one table per protocol)")
     args = parser.parse_args(argv)
     missing = [p for p in args.inputs if not Path(p).exists()]
     if missing:
         print(f"error: report input(s) not found: {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
-        result = write_report(args.inputs, args.out, args.title)
+        result = write_report(args.inputs, args.out, args.title, args.single_table)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Sample videos from a trained Latte run, decode them with the run's VAE, write mp4 + JSON sidecars, score FVD16.
+"""Sample videos from a trained Latte run, decode them with the run's VAE, write mp4 + JSON sidecars, score FVD.
 
     python pipelines/sample.py --vae deco --ckpt runs/latte-ucf101-deco --num-videos 2048 --fvd \
         --detector i3d_pt --detector-path i3d_pretrained_400.pt
@@ -13,6 +13,12 @@ indices ``r, r + W, ...``). Files: ``OUT/videos/NNNNNN.mp4`` (+ ``.json`` sideca
 cfg, checkpoint, VAE fingerprint), ``OUT/sample_settings.json`` (what every video in the folder shares; another
 setting into the same folder is refused), ``OUT/grid.gif`` (``--gif-grid``), ``OUT/fvd.json`` (``--fvd``).
 Re-running the same command skips every video whose mp4 and matching sidecar exist.
+
+FVD (``--fvd``) is computed under the run's protocol unless ``--fvd-protocol`` names one: real clips at the run's
+frame interval (Latte's UCF101 recipe, every 3rd frame: ``fvd16_latte``), printed and recorded in ``fvd.json``
+with the reason. mp4s are written at x264 CRF 5 under ``fvd16_latte`` (Latte's imageio quality 9), else CRF 18
+(``--crf``). ``--seeds 0,1,2`` samples one set per seed into ``OUT/seed-<s>/`` and records each FVD, their mean
+and standard deviation in ``OUT/fvd.json``.
 """
 from __future__ import annotations
 
@@ -36,6 +42,8 @@ from tokenizer.training.state import derive_seed
 SAMPLERS = ("ddpm", "ddim")
 LABEL_RULES = ("uniform", "balanced")
 SETTINGS_FILE = "sample_settings.json"
+DEFAULT_CRF = 18
+LATTE_CRF = 5  # Latte writes its samples with imageio quality 9, which ffmpeg's libx264 maps to about CRF 5
 VIDEO_DIR = "videos"
 
 
@@ -47,54 +55,6 @@ class SourceError(ValueError):
     """A checkpoint / VAE combination that cannot be sampled (wrong VAE for the run, missing file, mismatch)."""
 
 
-# ------------------------------------------------------------------------------------- the frame-wise SD VAE
-
-SD_SCALING_FACTOR = 0.18215  # Stable Diffusion's VAE; Latte multiplies its latents by it before diffusion
-
-
-class FramewiseImageVAE(torch.nn.Module):
-    """A diffusers ``AutoencoderKL`` (an image VAE) decoding a latent video frame by frame, as Latte does.
-
-    Latte's released UCF101 / SkyTimelapse checkpoints were trained on SD-VAE latents scaled by 0.18215 (4
-    channels, 8x spatial, no temporal compression); :meth:`decode` takes latents in that scaled space.
-    """
-
-    frame_rule = "in_sequence"
-
-    def __init__(self, model: torch.nn.Module, name: str = "sd", frames_per_call: int = 8):
-        super().__init__()
-        self.model, self.name, self.frames_per_call = model.eval(), name, frames_per_call
-        self.scaling_factor = float(getattr(model.config, "scaling_factor", None) or SD_SCALING_FACTOR)
-        self.latent_channels = int(model.config.latent_channels)
-        s = 2 ** (len(model.config.block_out_channels) - 1)  # one 2x downsample per block but the last
-        self.compression = (1, s, s)
-
-    @classmethod
-    def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu") -> "FramewiseImageVAE":
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise SourceError(f"--vae-path {folder}: not a diffusers AutoencoderKL folder (no config.json); the SD "
-                              "VAE Latte used is published as stabilityai/sd-vae-ft-ema (or sd-vae-ft-mse) on the "
-                              "Hugging Face Hub: download it once and pass the folder")
-        from diffusers import AutoencoderKL
-
-        return cls(AutoencoderKL.from_pretrained(str(folder)).to(device))
-
-    def num_frames(self, num_latent_frames: int) -> int:
-        return num_latent_frames
-
-    def fingerprint(self) -> str:
-        return state_dict_fingerprint(self.model.state_dict())
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z: (b, c, t, h, w) scaled SD latents -> video (b, 3, t, 8h, 8w) in [-1, 1]."""
-        b = z.shape[0]
-        frames = rearrange(z, "b c t h w -> (b t) c h w") / self.scaling_factor
-        out = torch.cat([self.model.decode(chunk).sample for chunk in frames.split(self.frames_per_call)])
-        return rearrange(out, "(b t) c h w -> b c t h w", b=b)
-
-
 # ------------------------------------------------------------------------------------------ what is sampled
 
 @dataclass
@@ -103,7 +63,7 @@ class LatteSource:
 
     model: torch.nn.Module
     diffusion: Any
-    vae: Any  # a tokenizer VideoVAE or a FramewiseImageVAE
+    vae: Any  # a tokenizer VideoVAE (for released Latte checkpoints: the frame-wise SD-VAE, 'sd')
     normalizer: Any  # tokenizer.cache.LatentNormalizer (None: latents are used as they are)
     latent_shape: tuple  # (c, t, h, w) of one latent video
     num_classes: int
@@ -115,6 +75,7 @@ class LatteSource:
     vae_fingerprint: str
     data_config: Any = None  # the run's DataConfig (real videos of FVD)
     train_steps: Optional[int] = None
+    fp16: bool = False  # the network under float16 autocast (--fp16; sampler arithmetic and decoding in float32)
 
     @property
     def num_frames(self) -> int:
@@ -134,7 +95,8 @@ class LatteSource:
         from diffusion import samplers
 
         fn = {"ddpm": samplers.ddpm_sample, "ddim": samplers.ddim_sample}[sampler]
-        return fn(self.model, tuple(noise.shape), self.diffusion, steps=steps, noise=noise, generator=list(generators),
+        model = Float16Autocast(self.model) if self.fp16 else self.model
+        return fn(model, tuple(noise.shape), self.diffusion, steps=steps, noise=noise, generator=list(generators),
                   y=y, cfg_scale=cfg_scale, progress=False)
 
 
@@ -178,25 +140,32 @@ def open_source(ckpt: str | Path, vae: str, vae_ckpt: Optional[str] = None, vae_
         raise SourceError(f"--ckpt {ckpt}: no such Latte run folder or checkpoint file")
     if ckpt.is_file():
         return _open_released(ckpt, vae, vae_path, model, num_classes, latent_frames, latent_size, device)
-    if vae == "sd":
-        raise SourceError(f"--vae sd samples released Latte checkpoint files (SD-VAE latents); {ckpt} is a run "
-                          "folder of this toolkit, trained on a latent cache: pass that cache's VAE name")
-    return _open_run(ckpt, vae, vae_ckpt, which, device)
+    return _open_run(ckpt, vae, vae_ckpt or vae_path, which, device)  # --vae sd: --vae-path is its weights
 
 
 def _open_released(ckpt: Path, vae: str, vae_path: Optional[str], model: Optional[str], num_classes: int,
                    latent_frames: int, latent_size: int, device: torch.device) -> LatteSource:
     from diffusion import LATTE_NAMES, build_latte
     from diffusion.gaussian_diffusion import GaussianDiffusion
+    from tokenizer import load_vae
+    from tokenizer.cache import LatentNormalizer
     from tokenizer.io import load_state_dict_file
+    from tokenizer.models.sd import is_diffusers_folder
 
     if vae != "sd" or not vae_path:
         raise SourceError(f"--ckpt {ckpt} is a checkpoint file: released Latte checkpoints are sampled with "
                           "--vae sd --vae-path <diffusers AutoencoderKL folder>")
     if model not in LATTE_NAMES:
         raise SourceError(f"--model: a released checkpoint needs its Latte preset, one of {', '.join(LATTE_NAMES)}")
-    decoder = FramewiseImageVAE.from_folder(vae_path, device)
+    if not is_diffusers_folder(vae_path):
+        raise SourceError(f"--vae-path {vae_path}: not a diffusers AutoencoderKL folder (no config.json); the SD VAE "
+                          "Latte used is published as stabilityai/sd-vae-ft-ema (or sd-vae-ft-mse) on the Hugging Face "
+                          "Hub: download it once and pass the folder")
+    decoder = load_vae(vae_path, device=str(device))  # the frame-wise SD-VAE (tokenizer.models.sd)
     c = decoder.latent_channels
+    # Latte's latents are the SD-VAE's times 0.18215 (the folder's scaling_factor): x = (z - shift) * scale
+    normalizer = LatentNormalizer("vae", [decoder.shift_factor] * c, [1.0 / decoder.scaling_factor] * c,
+                                  {"vae": decoder.name, "fingerprint": decoder.fingerprint()})
     net = build_latte(model, in_channels=c, num_classes=num_classes, num_frames=latent_frames, input_size=latent_size)
     state = load_state_dict_file(ckpt)
     try:
@@ -204,7 +173,7 @@ def _open_released(ckpt: Path, vae: str, vae_path: Optional[str], model: Optiona
     except RuntimeError as err:
         raise SourceError(f"{ckpt} does not fit {model} with {c} channels, {num_classes} classes, {latent_frames} "
                           f"frames, {latent_size} px latents: {str(err).splitlines()[0]}") from None
-    return LatteSource(net.to(device).eval(), GaussianDiffusion(), decoder, None, (c, latent_frames, latent_size,
+    return LatteSource(net.to(device).eval(), GaussianDiffusion(), decoder, normalizer, (c, latent_frames, latent_size,
                        latent_size), num_classes, [], str(ckpt.resolve()), "file", state_dict_fingerprint(state),
                        "sd", decoder.fingerprint())
 
@@ -232,6 +201,32 @@ def build_diffusion(record: dict):
     from diffusion.gaussian_diffusion import GaussianDiffusion
 
     return GaussianDiffusion(**record)
+
+
+class Float16Autocast(torch.nn.Module):
+    """``--fp16``: the network's forward under float16 autocast, its output back in float32 for the sampler."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.null_label = model, getattr(model, "null_label", None)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.float16):
+            out = self.model(x, t) if y is None else self.model(x, t, y=y)
+        return out.float()
+
+
+def parse_steps(steps: int | str) -> int | str:
+    """``--steps``: a count (``250``) or a respacing string (``ddim50``, ``10,15,20``), checked on 1000 steps."""
+    from diffusion.gaussian_diffusion import space_timesteps
+
+    text = str(steps).strip()
+    value: int | str = int(text) if text.isdigit() else text
+    try:
+        space_timesteps(1000, value)
+    except ValueError as err:
+        raise SampleError(f"--steps {steps}: {err}") from None
+    return value
 
 
 # ------------------------------------------------------------------------------------------- seeds and labels
@@ -288,26 +283,30 @@ class SampleSettings:
     vae: str
     vae_fingerprint: str
     sampler: str
-    steps: int
+    steps: Any  # respaced steps: a count, or a respacing string ("ddim50", "10,15,20")
     cfg_scale: float
     labels: Any  # rule name or list
     seed: int
     num_frames: int
     fps: float
     latent_shape: list = field(default_factory=list)
+    crf: int = DEFAULT_CRF  # x264 constant rate factor of the mp4s (FVD is computed from these files)
+    precision: str = "fp32"  # of the network's forward: fp32 | fp16 (autocast)
 
     def diff(self, other: dict) -> list[str]:
         mine = json.loads(json.dumps(asdict(self)))
+        other = {"crf": DEFAULT_CRF, **other}  # folders written before crf was recorded used the default
         return [f"{k}: folder has {other.get(k)!r}, this run has {v!r}" for k, v in mine.items() if other.get(k) != v]
 
 
 def make_settings(source: "LatteSource", sampler: str, steps: int, cfg_scale: float, labels: str | Sequence[int],
-                  seed: int, fps: float) -> SampleSettings:
+                  seed: int, fps: float, crf: int = DEFAULT_CRF) -> SampleSettings:
     return SampleSettings(
         checkpoint=source.checkpoint, weights=source.which, model_fingerprint=source.model_fingerprint,
-        vae=source.vae_name, vae_fingerprint=source.vae_fingerprint, sampler=sampler, steps=int(steps),
+        vae=source.vae_name, vae_fingerprint=source.vae_fingerprint, sampler=sampler, steps=parse_steps(steps),
         cfg_scale=float(cfg_scale), labels=labels if isinstance(labels, str) else list(map(int, labels)),
-        seed=int(seed), num_frames=source.num_frames, fps=float(fps), latent_shape=list(source.latent_shape))
+        seed=int(seed), num_frames=source.num_frames, fps=float(fps), latent_shape=list(source.latent_shape),
+        crf=int(crf), precision="fp16" if source.fp16 else "fp32")
 
 
 def check_out_dir(out: Path, settings: SampleSettings) -> None:
@@ -384,7 +383,8 @@ def write_grid(out: Path, indices: Sequence[int], fps: float, max_videos: int = 
 def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler: str = "ddpm", steps: int = 250,
                   cfg_scale: float = 1.0, labels: str | Sequence[int] = "uniform", seed: int = 0,
                   batch_size: int = 4, fps: float = 8.0, gif_grid: bool = False, progress: bool = True,
-                  rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu") -> dict:
+                  rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
+                  crf: int = DEFAULT_CRF) -> dict:
     """Sample videos ``0 .. num_videos - 1`` into ``out`` (this process: indices ``rank, rank + W, ...``).
 
     Returns ``{"written": [...], "skipped": [...], "paths": [mp4 of every index], "settings": ...}``; videos already
@@ -397,9 +397,10 @@ def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler
     out, device = Path(out), torch.device(device)
     if sampler not in SAMPLERS:
         raise SampleError(f"unknown sampler '{sampler}': choose {', '.join(SAMPLERS)}")
-    if num_videos < 1 or batch_size < 1 or steps < 1:
-        raise SampleError("--num-videos, --batch-size and --steps must be >= 1")
-    settings = make_settings(source, sampler, steps, cfg_scale, labels, seed, fps)
+    if num_videos < 1 or batch_size < 1:
+        raise SampleError("--num-videos and --batch-size must be >= 1")
+    steps = parse_steps(steps)
+    settings = make_settings(source, sampler, steps, cfg_scale, labels, seed, fps, crf)
     check_out_dir(out, settings)
     if not (out / SETTINGS_FILE).is_file():  # every rank: same content, atomic, before its first video
         write_json(out / SETTINGS_FILE, asdict(settings))
@@ -415,7 +416,7 @@ def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler
                               sampler, steps, cfg_scale, device)
         for i, video in zip(batch, videos):
             mp4, meta = video_paths(out, i)
-            write_video(mp4, video_to_uint8(video), fps=fps)  # atomic; the sidecar after it marks it done
+            write_video(mp4, video_to_uint8(video), fps=fps, crf=crf)  # atomic; the sidecar marks it done
             write_json(meta, expected[i])
         bar.update(len(batch))
     bar.close()
@@ -425,14 +426,24 @@ def sample_videos(source: LatteSource, out: str | Path, num_videos: int, sampler
                 settings=settings, grid=grid)
 
 
-def fvd_record(result: Any, source: LatteSource, settings: SampleSettings, num_videos: int) -> dict:
-    """What ``OUT/fvd.json`` holds; :mod:`pipelines.report` reads it (``kind: latte_fvd``)."""
+def fvd_record(result: Any, source: LatteSource, settings: SampleSettings, num_videos: int,
+               protocol_choice: str = "", per_seed: Sequence[tuple[int, Any]] = ()) -> dict:
+    """What ``OUT/fvd.json`` holds; :mod:`pipelines.report` reads it (``kind: latte_fvd``). With several sample
+    seeds (``per_seed``: (seed, result) pairs), ``seeds`` holds each FVD, their mean and standard deviation
+    (ddof 1) and ``fvd`` the first seed's full result (the protocol they share)."""
     c, t, h, w = source.latent_shape
     s = source.vae.compression[1]
-    return dict(kind="latte_fvd", vae=source.vae_name, vae_fingerprint=source.vae_fingerprint,
-                latent_shape=[c, t, h, w], clip_shape=[3, source.num_frames, h * s, w * s],
-                checkpoint=source.checkpoint, weights=source.which, train_steps=source.train_steps,
-                num_videos=num_videos, settings=asdict(settings), fvd=result.to_dict())
+    record = dict(kind="latte_fvd", vae=source.vae_name, vae_fingerprint=source.vae_fingerprint,
+                  latent_shape=[c, t, h, w], clip_shape=[3, source.num_frames, h * s, w * s],
+                  latent_channels=c, compression=list(source.vae.compression),
+                  checkpoint=source.checkpoint, weights=source.which, train_steps=source.train_steps,
+                  num_videos=num_videos, settings=asdict(settings), protocol_choice=protocol_choice,
+                  fvd=result.to_dict())
+    if len(per_seed) > 1:
+        values = [float(r.fvd) for _, r in per_seed]
+        record["seeds"] = dict(seeds=[int(k) for k, _ in per_seed], values=values, mean=float(np.mean(values)),
+                               std=float(np.std(values, ddof=1)), lines=[r.line() for _, r in per_seed])
+    return record
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
@@ -446,21 +457,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="which weights of the run (default ema)")
     p.add_argument("--num-videos", type=int, default=16)
     p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
-    p.add_argument("--steps", type=int, default=250, help="respaced sampling steps (Latte: DDPM 250)")
+    p.add_argument("--steps", default="250", help="respaced sampling steps (Latte: DDPM 250), or a respacing string: "
+                                                  "ddimN (IDDPM's integer stride) or section counts 10,15,20")
+    p.add_argument("--fp16", action="store_true", help="run the network under float16 autocast (Latte's "
+                                                       "--use_fp16 casts its weights instead)")
     p.add_argument("--cfg-scale", type=float, default=None,
                    help="classifier-free guidance on eps (default: 7.0 for class-conditional runs, 1.0 otherwise)")
     p.add_argument("--labels", default="uniform", help="uniform | balanced | comma list of class indices or names")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", help="several sample seeds, e.g. 0,1,2: one set of videos per seed (OUT/seed-<s>/), "
+                                   "one FVD each; fvd.json holds their mean and spread (overrides --seed)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out", default=None, help="output folder (default: RUN/samples/<sampler>-<steps>-cfg<scale>)")
     p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--crf", type=int, default=None,
+                   help=f"x264 CRF of the mp4s (default: {LATTE_CRF}, Latte's quality, under the fvd16_latte protocol; "
+                        f"{DEFAULT_CRF} otherwise)")
     p.add_argument("--gif-grid", action="store_true", help="also write a GIF grid of the first 16 videos")
-    p.add_argument("--fvd", action="store_true", help="FVD16 against the run's dataset after sampling")
-    p.add_argument("--fvd-protocol", default="fvd16")
+    p.add_argument("--fvd", action="store_true", help="FVD against the run's dataset after sampling")
+    p.add_argument("--fvd-protocol", default="auto",
+                   help="auto (default): the run's protocol, real clips at its frame interval (Latte's UCF101 recipe, "
+                        "interval 3: fvd16_latte; interval 1: fvd16); or a protocol name (fvd16, fvd16_latte, fvd128)")
     p.add_argument("--fvd-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a protocol field (e.g. num_real=512); the result's protocol name records it")
     p.add_argument("--fvd-real", help="real videos for FVD (data config YAML or folder); default: the run's data")
-    p.add_argument("--detector", default="i3d_pt", help="i3d_pt | i3d_torchscript | random (labelled)")
+    p.add_argument("--detector", default="i3d_pt",
+                   help="i3d_pt | i3d_torchscript | i3d_rgb_imagenet (labelled) | random (labelled)")
     p.add_argument("--detector-path", help="detector weights file (else $VIDTOK_I3D_PATH)")
     p.add_argument("--fvd-stats-dir", default="outputs/fvd_stats", help="cache of real-data statistics")
     p.add_argument("--model", help="released checkpoint only: Latte preset, e.g. Latte-XL/2")
@@ -472,10 +494,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fvd_args(args: argparse.Namespace, source: LatteSource, device: torch.device) -> tuple[Any, Any, Any]:
+def run_protocol(name: str, source: LatteSource) -> tuple[Any, str]:
+    """The FVD protocol ``--fvd-protocol`` names and why: ``auto`` takes the run's frame interval as the real
+    stride (generated clips move at that interval, so the real ones must too)."""
+    from pipelines.fvd import get_protocol, protocol_for_run
+
+    if name != "auto":
+        return get_protocol(name), f"--fvd-protocol {name}"
+    if source.data_config is not None:
+        interval = int(source.data_config.frame_interval)
+        return (protocol_for_run(16, interval),
+                f"auto: real clips at the run's frame interval {interval} (its data config)")
+    if source.which == "file":  # a released Latte checkpoint: Latte's recipe samples every 3rd frame
+        return protocol_for_run(16, 3), "auto: a released Latte checkpoint, trained on every 3rd frame"
+    return protocol_for_run(16, 1), "auto: the run records no data config; real clips at stride 1"
+
+
+def _fvd_args(args: argparse.Namespace, source: LatteSource, device: torch.device) -> tuple[Any, Any, Any, str]:
     """Validate the FVD request before any sampling: protocol, detector file, real data."""
     from pipelines.fvd import get_protocol
     from pipelines.i3d import build_detector
+    from tokenizer.config import ConfigError
 
     overrides = {}
     for item in args.fvd_set:
@@ -487,20 +526,29 @@ def _fvd_args(args: argparse.Namespace, source: LatteSource, device: torch.devic
         except ValueError:
             raise SampleError(f"--fvd-set {key}: expects a whole number, got {value!r}") from None
     try:
-        protocol = get_protocol(args.fvd_protocol, **overrides)
+        base, why = run_protocol(args.fvd_protocol, source)
+        protocol = get_protocol(base, **overrides)
+    except ConfigError as err:
+        raise SampleError(f"--fvd-protocol: {err}") from None
     except (TypeError, ValueError) as err:
         raise SampleError(f"--fvd-set: {err}") from None
     frames_needed = (protocol.num_frames - 1) * protocol.fake_stride + 1
     if source.num_frames < frames_needed:
+        fits = (source.num_frames - 1) // protocol.fake_stride + 1
         raise SampleError(f"FVD protocol {protocol.name} needs {frames_needed} frames per generated video; this run "
-                          f"makes {source.num_frames}")
+                          f"makes {source.num_frames}. Either score the frames it makes with --fvd-set "
+                          f"num_frames={fits} (an FVD{fits}: its own protocol, not comparable to published "
+                          f"FVD{protocol.num_frames}), or train on clips of at least {frames_needed} frames")
     real = args.fvd_real or source.data_config
     if real is None:
         raise SampleError("--fvd: the checkpoint records no dataset; give the real videos with --fvd-real")
     if isinstance(real, str) and not Path(real).exists():
         raise SampleError(f"--fvd-real: no such data config or folder: {real}")
-    detector = build_detector(args.detector, args.detector_path, device)  # a missing weights file stops here
-    return protocol, detector, real
+    try:
+        detector = build_detector(args.detector, args.detector_path, device)  # a missing weights file stops here
+    except ValueError as err:  # an unknown name, or rgb_imagenet.pt given as i3d_pt
+        raise SampleError(f"--detector: {err}") from None
+    return protocol, detector, real, why
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -523,10 +571,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out) if args.out else default_out / "samples" / f"{args.sampler}-{args.steps}-cfg{cfg_scale:g}"
         if out.exists() and not out.is_dir():
             raise SampleError(f"--out {out} exists and is not a folder")
-        if args.num_videos < 1 or args.batch_size < 1 or args.steps < 1:
-            raise SampleError("--num-videos, --batch-size and --steps must be >= 1")
-        check_out_dir(out, make_settings(source, args.sampler, args.steps, cfg_scale, labels, args.seed, args.fps))
+        if args.num_videos < 1 or args.batch_size < 1:
+            raise SampleError("--num-videos and --batch-size must be >= 1")
+        args.steps = parse_steps(args.steps)
+        source.fp16 = args.fp16
+        seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
         fvd = _fvd_args(args, source, device) if args.fvd else None
+        crf = args.crf if args.crf is not None else (
+            LATTE_CRF if fvd is not None and fvd[0].name.split("[")[0] == "fvd16_latte" else DEFAULT_CRF)
+        if not 0 <= crf <= 51:
+            raise SampleError(f"--crf {crf}: x264 takes 0 (lossless) .. 51")
+        outs = {seed: out if len(seeds) == 1 else out / f"seed-{seed}" for seed in seeds}
+        for seed, folder in outs.items():
+            check_out_dir(folder, make_settings(source, args.sampler, args.steps, cfg_scale, labels, seed, args.fps,
+                                                crf))
     except (SampleError, SourceError, ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -534,35 +592,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolved = dict(checkpoint=source.checkpoint, weights=source.which, vae=source.vae_name,
                         vae_fingerprint=source.vae_fingerprint, latent_shape=list(source.latent_shape),
                         num_frames=source.num_frames, num_classes=source.num_classes, num_videos=args.num_videos,
-                        sampler=args.sampler, steps=args.steps, cfg_scale=cfg_scale, labels=labels, seed=args.seed,
-                        batch_size=args.batch_size, processes=state.num_processes, out=str(out),
-                        fvd=None if fvd is None else dict(protocol=fvd[0].name, detector=fvd[1].info.to_dict(),
-                                                          real=str(fvd[2])))
+                        sampler=args.sampler, steps=args.steps, cfg_scale=cfg_scale, labels=labels, seeds=seeds,
+                        batch_size=args.batch_size, processes=state.num_processes, out=str(out), crf=crf,
+                        fvd=None if fvd is None else dict(protocol=fvd[0].to_dict(), why=fvd[3],
+                                                          detector=fvd[1].info.to_dict(), real=str(fvd[2])))
         print("--- resolved sampling settings ---\n" + json.dumps(resolved, indent=2, default=str) + "\n---")
+        if fvd is not None:
+            print(f"FVD protocol: {fvd[0].name} ({fvd[3]}; real stride {fvd[0].real_stride}, {fvd[0].num_frames} "
+                  f"frames, {fvd[0].resolution} px), detector {fvd[1].info.name}")
     if args.dry_run:
         return 0
-    try:
-        result = sample_videos(source, out, args.num_videos, args.sampler, args.steps, cfg_scale, labels, args.seed,
-                               args.batch_size, args.fps, gif_grid=False, rank=state.process_index,
-                               world_size=state.num_processes, device=device)
-    except SampleError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    state.wait_for_everyone()  # every rank's videos are on disk
-    if state.is_main_process:
-        grid = write_grid(out, range(args.num_videos), args.fps) if args.gif_grid else None
-        print(f"{args.num_videos} videos in {out / VIDEO_DIR} ({len(result['skipped'])} already there on this rank)"
-              + (f"; grid {grid}" if grid else ""))
-    if fvd is not None:
-        from pipelines.fvd import compute_fvd
-
-        protocol, detector, real = fvd
-        res = compute_fvd(real, [str(p) for p in result["paths"]], protocol, detector, batch_size=args.batch_size,
-                          device=device, cache_dir=args.fvd_stats_dir, out=None)
+    per_seed = []
+    for seed, folder in outs.items():
+        try:
+            result = sample_videos(source, folder, args.num_videos, args.sampler, args.steps, cfg_scale, labels, seed,
+                                   args.batch_size, args.fps, gif_grid=False, rank=state.process_index,
+                                   world_size=state.num_processes, device=device, crf=crf)
+        except SampleError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        state.wait_for_everyone()  # every rank's videos are on disk
         if state.is_main_process:
-            write_json(out / "fvd.json", fvd_record(res, source, result["settings"], args.num_videos))
-            print(f"FVD result saved to {out / 'fvd.json'}")
+            grid = write_grid(folder, range(args.num_videos), args.fps) if args.gif_grid else None
+            print(f"{args.num_videos} videos in {folder / VIDEO_DIR} ({len(result['skipped'])} already there on this "
+                  "rank)" + (f"; grid {grid}" if grid else ""))
+        if fvd is not None:
+            from pipelines.fvd import compute_fvd
+
+            protocol, detector, real, _ = fvd
+            res = compute_fvd(real, [str(p) for p in result["paths"]], protocol, detector, batch_size=args.batch_size,
+                              device=device, cache_dir=args.fvd_stats_dir, out=None)
+            per_seed.append((seed, res, result["settings"]))
+    if per_seed and state.is_main_process:
+        seed0, res0, settings0 = per_seed[0]
+        record = fvd_record(res0, source, settings0, args.num_videos, fvd[3], [(k, r) for k, r, _ in per_seed])
+        write_json(out / "fvd.json", record)
+        if len(per_seed) > 1:
+            spread = record["seeds"]
+            print(f"FVD{protocol.num_frames} ({protocol.name}) over sample seeds {spread['seeds']}: "
+                  f"{spread['mean']:.4f} ± {spread['std']:.4f} (std, ddof 1)")
+        print(f"FVD result saved to {out / 'fvd.json'}")
     return 0
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` -> [0, 1, 2] (distinct whole numbers, in the given order)."""
+    try:
+        seeds = [int(tok) for tok in text.split(",") if tok.strip()]
+    except ValueError:
+        raise SampleError(f"--seeds expects comma-separated whole numbers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SampleError(f"--seeds expects distinct whole numbers, got {text!r}")
+    return seeds
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Pixels -> latent shards: a thin wrapper over `python -m tokenizer.cache` (all options: --help).
 #   bash scripts/cache_latents.sh --vae NAME [--ckpt DIR] --data CONFIG [--out DIR] [key=value ...]
+#   bash scripts/cache_latents.sh --vae sd --vae-path sd-vae-ft-ema --data CONFIG ...   (Latte's SD-VAE, frame-wise)
 #   bash scripts/cache_latents.sh --verify --out DIR
 # One process (the CPU, or one GPU) by default. NPROC=N starts N ranks that each encode their own shards, with
 # `accelerate launch --multi_gpu` when CUDA is available, else `torchrun` (CPU processes, gloo): the same cache

@@ -128,6 +128,61 @@ def test_statistics_equal_those_computed_directly(bf16_cache):
                                atol=1e-12)
 
 
+# -------------------------------------------------------------------------- Latte's recipe: windows and flips
+def test_random_windows_and_flips_are_cached_as_variants(test_split, tmp_path):
+    """clips_per_video=3 random windows and hflip=true: every video's 3 seeded windows (one per stratum of the
+    starts, frames at the exact stride) and, after each, its mirror, which is the encode of the flipped frames."""
+    from tokenizer.data.sampling import RNG_OFFSET, item_rng
+
+    vae = _vae("vcvae-tiny")  # in-sequence: 8 frames stay 8
+    cfg = DataConfig(**{**vars(test_split), "clips_per_video": 3, "offset": "random", "hflip": True, "seed": 5})
+    manifest = _cache(vae, cfg, tmp_path / "c", dtype="fp32", batch_size=4, clips_per_shard=5)
+    assert manifest["identity"]["storage"]["flip_copies"] and manifest["data"]["hflip"] is False
+    cache = LatentCacheDataset(tmp_path / "c", normalize="none")
+    ds = build_dataset(from_dict(DataConfig, manifest["data"]))  # the cache's reader: no random flip
+    assert len(cache) == 3 * 3 * 2 == manifest["clips"]["stored"]
+    span = (8 - 1) * 2 + 1
+    for row in range(len(cache)):
+        r = cache.raw(row)
+        item, flip, path, start = int(r["item"]), int(r["flip"]), cache.paths[int(r["video"])], int(r["start"])
+        v, k = divmod(item, 3)
+        assert (int(r["video"]), int(r["clip"]), flip) == (v, k, row % 2) and item == row // 2
+        last = manifest["videos"][v]["frames"] - span  # possible starts 0..last, cut into 3 equal strata
+        lo, hi = k * (last + 1) // 3, max((k + 1) * (last + 1) // 3, k * (last + 1) // 3 + 1)
+        assert start == int(item_rng(5, 0, item, RNG_OFFSET).integers(lo, hi))  # seeded by (seed, item)
+        got_path, got_start, indices = ds.clip_frames(item)
+        assert (got_path, got_start, indices) == (path, start, [start + 2 * j for j in range(8)])  # exact stride
+        x = ds.read_exact(item)["video"][None]  # (1, c, t, h, w): the unflipped clip's frames
+        if flip:
+            x = torch.flip(x, dims=[-1])
+        with torch.inference_mode():
+            torch.testing.assert_close(r["mean"], vae.encode(x).mean[0], atol=1e-5, rtol=1e-4)
+    starts = [int(cache.raw(2 * i)["start"]) for i in range(9)]
+    assert len(set(starts)) > 3  # the windows differ within and across videos
+
+
+def test_latte_frame_indices_option(test_split, tmp_path):
+    """frame_indices=linspace: Latte's TemporalRandomCrop + np.linspace, checked against its definition."""
+    import numpy as np
+
+    cfg = DataConfig(**{**vars(test_split), "num_frames": 6, "frame_interval": 3, "frame_indices": "linspace",
+                        "offset": "random", "clips_per_video": 1})
+    assert cfg.clip_span == 6  # Latte asserts only end - start >= num_frames
+    ds = build_dataset(cfg)
+    starts = set()
+    for epoch in range(20):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            _, start, idx = ds.clip_frames(i)
+            n = ds.videos[i].num_frames
+            assert 0 <= start <= max(0, n - 18 - 1)  # rand_end = max(0, n - size - 1), size = 6 * 3
+            end = min(start + 18, n)
+            assert idx == np.linspace(start, end - 1, 6, dtype=int).tolist()  # e.g. 0, 3, 6, 10, 13, 17
+            starts.add(start)
+    assert len(starts) > 5
+    assert DataConfig(num_frames=16, frame_interval=3).clip_span == 46  # the default: an exact stride
+
+
 # ------------------------------------------------------------------------------------------ refusing to mix
 def test_changed_vae_or_data_is_refused_with_what_differs(bf16_cache, test_split, tmp_path):
     out, vae, _ = bf16_cache
@@ -146,8 +201,9 @@ def test_changed_vae_or_data_is_refused_with_what_differs(bf16_cache, test_split
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(CacheError, match="holds no manifest.json"):
         _cache(vae, test_split, foreign)
-    with pytest.raises(ConfigError, match="flip_copies=true"):
-        _cache(vae, DataConfig(**{**vars(test_split), "hflip": True}), tmp_path / "h")
+    # a data config's random flip is cached as both orientations: not the cache in `out` (no flip copies)
+    with pytest.raises(CacheMismatchError, match=r"storage\.flip_copies: cache has false, this run has true"):
+        _cache(vae, DataConfig(**{**vars(test_split), "hflip": True}), out, dtype="bf16")
 
 
 def test_the_cache_s_vae_is_found_only_by_its_fingerprint(bf16_cache, tmp_path):

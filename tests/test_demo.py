@@ -17,7 +17,8 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     assert isinstance(report, list)  # pipelines.report writes one object per VAE
     row = next(r for r in report if r["vae"] == "deco-compact-tiny")
     # every stage left its number: reconstruction, rFVD and the Latte FVD (random I3D, labelled as such)
-    assert row["psnr"] is not None and row["rfvd"] is not None and row["fvd16"] is not None
+    assert row["psnr"] is not None and row["rfvd"] is not None and row["fvd"] is not None
+    assert row["fvd_column"].startswith("FVD8 (fvd16")  # the column is named by the protocol: 8 frames
     assert row["encode_ms"] > 0 and row["decode_ms"] > 0
     assert row["fvd_random"] and row["rfvd_random"]
     assert "RANDOM-INIT I3D" in (out / "report.md").read_text()

@@ -17,7 +17,8 @@ import torch
 from pipelines import fvd
 from pipelines.fvd import (FVDProtocol, InceptionI3d, compute_fvd, extract_features, feature_stats,
                            frechet_distance, get_protocol, select_real_clips)
-from pipelines.i3d import RANDOM_LABEL, I3DDetector, build_detector, build_random, same_padding
+from pipelines.i3d import (RANDOM_LABEL, RGB_IMAGENET_LABEL, I3DDetector, build_detector, build_random,
+                           same_padding)
 
 TINY = dict(num_frames=8, resolution=32)
 
@@ -98,6 +99,17 @@ def test_i3d_checkpoint_names_strict_load_and_features(tmp_path, detector, monke
     torch.save({k: v for k, v in state.items() if k != "Mixed_4c.b2b.bn.weight"}, bad)
     with pytest.raises(RuntimeError, match="Mixed_4c.b2b.bn.weight"):
         build_detector("i3d_pt", bad)
+    # rgb_imagenet.pt holds other weights than the TF-Hub I3D: its own detector name, labelled in every result
+    other = tmp_path / "rgb_imagenet.pt"
+    torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, other)
+    with pytest.raises(ValueError, match="use detector 'i3d_rgb_imagenet'"):
+        build_detector("i3d_pt", other)
+    imagenet = build_detector("i3d_rgb_imagenet", other)
+    assert imagenet.info.label == RGB_IMAGENET_LABEL and "not comparable to published FVD" in RGB_IMAGENET_LABEL
+    videos = torch.rand(4, 3, 8, 32, 32) * 2 - 1
+    result = compute_fvd(videos, videos.flip(-1), get_protocol("fvd16", **TINY, num_real=4, num_fake=4), imagenet,
+                         cache_dir=None, out=None, progress=False, verbose=False)
+    assert result.line().startswith(RGB_IMAGENET_LABEL) and result.to_dict()["label"] == RGB_IMAGENET_LABEL
 
 
 def test_i3d_layout_is_the_public_checkpoints_name_for_name():
@@ -240,7 +252,7 @@ def test_each_invariance_alone_and_what_keys_the_cache_and_the_result_file(ucf_t
     compute_fvd(ucf_tree, fakes, detector=detector, cache_dir=None, out=tmp_path / "res",
                 **{**kw, "protocol": tiny_protocol.with_overrides(real_stride=2)})
     names = sorted(json.loads(p.read_text())["protocol"]["name"] for p in (tmp_path / "res").glob("*.json"))
-    assert names == ["fvd16[num_frames=8,resolution=32]", "fvd16[num_frames=8,resolution=32][real_stride=2]"]
+    assert names == ["fvd16[num_frames=8,real_stride=2,resolution=32]", "fvd16[num_frames=8,resolution=32]"]
 
 
 def test_fvd_published_protocols():
@@ -249,7 +261,15 @@ def test_fvd_published_protocols():
         (2048, 2048, 16, 1, 1, 224)
     assert fvd.fvd128.num_frames == 128 and fvd.fvd128.num_real == 2048
     latte = fvd.load_config(fvd.FVDConfig, Path(__file__).parents[1] / "configs/eval/fvd16_latte.yaml")
-    assert latte.resolved_protocol().real_stride == 3 and latte.resolved_protocol().name == "fvd16[real_stride=3]"
+    assert latte.resolved_protocol() == fvd.fvd16_latte and fvd.fvd16_latte.real_stride == 3
+    assert latte.detector == "i3d_torchscript" == fvd.PUBLISHED_DETECTOR["fvd16_latte"]
+    # a run's protocol: real clips at its frame interval (Latte's UCF101 recipe: every 3rd frame -> fvd16_latte)
+    assert fvd.protocol_for_run(16, 3) == fvd.fvd16_latte and fvd.protocol_for_run(16, 1) == fvd.fvd16
+    assert fvd.protocol_for_run(16, 2).name == "fvd16[real_stride=2]"
+    # overrides of an overridden protocol: one tag naming every field that differs from the published protocol
+    assert get_protocol(fvd.protocol_for_run(16, 2), num_frames=8).name == "fvd16[num_frames=8,real_stride=2]"
+    assert get_protocol(fvd.fvd16_latte, num_frames=8).name == "fvd16_latte[num_frames=8]"
+    assert fvd.fvd16.with_overrides(real_stride=3).with_overrides(real_stride=1) == fvd.fvd16
     with pytest.raises(ValueError, match="unknown FVD protocol field.*num_framez; valid: num_real"):
         get_protocol("fvd16", num_framez=8)
 
@@ -345,3 +365,132 @@ def test_generated_folder_of_mp4_gif_and_frame_folders(tmp_path, tiny_protocol):
         assert (got.float() - frames[:8].float()).abs().mean() < 8  # lossless PNG, palette GIF, H.264 mp4
     with pytest.raises(fvd.VideoReadError, match="needs frame 15"):
         fvd.fake_clips(sources, fvd.fvd16)  # 10 frames cannot give a 16-frame clip
+
+
+# ------------------------------------------------------------- reference outputs of piergiaj/pytorch-i3d (data)
+
+I3D_REFERENCE = Path(__file__).parent / "data" / "i3d_reference.safetensors"
+
+
+def _reference_i3d_weights(model: torch.nn.Module, seed: int) -> None:
+    """The weights the stored reference outputs were computed with (the rule in the file's metadata): one
+    generator walks the state-dict names in sorted order."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, value in sorted(model.state_dict().items()):
+        if name.endswith("num_batches_tracked"):
+            continue
+        if name.endswith("conv3d.weight"):
+            state[name] = torch.randn(value.shape, generator=g) * (2.0 / value[0].numel()) ** 0.5
+        elif name.endswith("running_var"):
+            state[name] = 0.75 + 0.5 * torch.rand(value.shape, generator=g)
+        elif name.endswith("bn.weight"):
+            state[name] = 1.0 + 0.1 * torch.randn(value.shape, generator=g)
+        else:
+            state[name] = 0.1 * torch.randn(value.shape, generator=g)
+    model.load_state_dict(state, strict=False)
+
+
+@pytest.fixture(scope="module")
+def i3d_reference():
+    from tokenizer.io import load_weights
+
+    ref, meta = load_weights(I3D_REFERENCE)
+    net = InceptionI3d(400).eval()
+    _reference_i3d_weights(net, meta["weight_seed"])
+    g = torch.Generator().manual_seed(4321)
+    logits_input = torch.rand(1, 3, 10, 224, 224, generator=g) * 2 - 1
+    mixed5c_input = torch.rand(1, 3, 11, 64, 93, generator=g) * 2 - 1
+    return net, ref, logits_input, mixed5c_input
+
+
+def test_i3d_mixed_5c_equals_piergiaj_reference_output(i3d_reference):
+    """Mixed_5c of an odd-sized, non-square clip (11 x 64 x 93: every SAME padding is uneven somewhere) equals the
+    output piergiaj's InceptionI3d computed for the same seeded weights and input (stored in tests/data)."""
+    net, ref, _, x = i3d_reference
+    with torch.no_grad():
+        out = net.mixed_5c(x)
+    assert out.shape == ref["mixed5c"].shape
+    torch.testing.assert_close(out, ref["mixed5c"], rtol=0, atol=1e-5)
+
+
+def test_i3d_logits_equal_piergiaj_reference_output(i3d_reference):
+    """The 400 logits of a 10 x 224 x 224 clip (the (2, 7, 7) average pool, the logits conv) equal piergiaj's."""
+    net, ref, x, _ = i3d_reference
+    with torch.no_grad():
+        out = net(x)
+    assert out.shape == ref["logits"].shape
+    torch.testing.assert_close(out, ref["logits"], rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ pixels and clip offsets
+
+def _resize_taps(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) resampling matrix of the protocol's resize along one axis, written out from the filters'
+    definitions: downscaling, Lanczos a = 3 (sinc(x) sinc(x / 3)) widened by the scale factor around output
+    centre (i + 0.5) * scale, taps at input centres j + 0.5, normalised; upscaling, bilinear with
+    align_corners=False (source position (i + 0.5) * scale - 0.5, clamped at the border)."""
+    scale = n_in / n_out
+    taps = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        centre = (i + 0.5) * scale
+        if scale > 1:
+            x = (np.arange(n_in) + 0.5 - centre) / scale
+            taps[i] = np.where(np.abs(x) < 3, np.sinc(x) * np.sinc(x / 3), 0.0)
+        else:
+            src = min(max(centre - 0.5, 0.0), n_in - 1)
+            lo = int(np.floor(src))
+            taps[i, lo] += 1 - (src - lo)
+            taps[i, min(lo + 1, n_in - 1)] += src - lo
+        taps[i] /= taps[i].sum()
+    return taps
+
+
+@pytest.mark.parametrize("size, resolution", [((240, 320), 224), ((240, 320), 40), ((18, 30), 27)])
+def test_prepare_clip_resize_arithmetic(size, resolution):
+    """Centre crop then the separable resize equals the written-out resampling matrices applied to a real photo:
+    a small and a large reduction (Lanczos on uint8 frames: a horizontal pass, rounded to uint8, then a vertical
+    one, as PIL computes it, so within one grey level) and an enlargement (bilinear, float)."""
+    from skimage import data
+
+    h, w = size
+    photo = torch.from_numpy(data.coffee()[:h, :w].copy())  # (h, w, 3) uint8, a real photo
+    frames = torch.stack([photo, photo.flip(1)])  # (2, h, w, 3)
+    out = fvd.prepare_clip(frames, resolution).double().numpy()  # (3, 2, r, r)
+    s = min(h, w)
+    crop = frames[:, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s].double().numpy()
+    taps = _resize_taps(s, resolution)
+    if s > resolution:
+        rows = np.clip(np.round(np.einsum("tjkc,lk->tjlc", crop, taps, optimize=True)), 0, 255)
+        expected = np.clip(np.round(np.einsum("ij,tjlc->ctil", taps, rows, optimize=True)), 0, 255)
+        assert np.abs(out - expected).max() <= 1 and np.abs(out - expected).mean() < 0.05
+    else:
+        expected = np.einsum("ij,tjkc,lk->ctil", taps, crop, taps, optimize=True)
+        np.testing.assert_allclose(out, expected, atol=5e-3)  # float32 rounding of values <= 255
+
+
+def test_real_clip_offsets_are_the_documented_draw(monkeypatch):
+    """The exact real-clip draw: videos walked in default_rng([seed, 0]).permutation order, one offset per
+    accepted video from default_rng([seed, 1]).integers(0, n - span + 1), short videos skipped without a draw.
+    Every offset in [0, n - span] is reachable (the last included)."""
+    lengths = {f"v{i}.mp4": n for i, n in enumerate([5, 40, 23, 22, 60, 30, 22, 23, 100, 21, 22, 22] * 4)}
+    monkeypatch.setattr(fvd, "num_frames_of", lambda path: lengths[str(path)])
+    videos = list(lengths)
+    protocol = FVDProtocol("t", num_real=30, num_frames=8, real_stride=3, seed=5)  # span 22
+    clips, skipped = select_real_clips(videos, protocol)
+    order = np.random.default_rng([5, 0]).permutation(len(videos))
+    draws = np.random.default_rng([5, 1])
+    expected, too_short = [], 0
+    for i in order:
+        if len(expected) == 30:
+            break
+        n = lengths[videos[i]]
+        if n < 22:
+            too_short += 1
+            continue
+        start = int(draws.integers(0, n - 22 + 1))
+        expected.append((videos[i], tuple(range(start, start + 22, 3))))
+    assert [(c.path, c.indices) for c in clips] == expected and skipped["too_short"] == too_short
+    # videos exactly one span long always start at 0; one frame longer reach offset 1 as well
+    starts = {n: {c.indices[0] for c in clips if lengths[c.path] == n} for n in (22, 23)}
+    assert starts[22] == {0} and starts[23] == {0, 1}

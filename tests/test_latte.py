@@ -3,8 +3,11 @@ and timestep sinusoid against diffusers, adaLN-Zero initialisation, which axes s
 attention backends, gradient checkpointing, label dropout, the FLOP count against torch's counter."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from einops import rearrange
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion import LATTE_NAMES, build_latte
@@ -246,3 +249,56 @@ def test_flop_count_matches_torch_flop_counter():
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.randn(2, 4, 5, 12, 12), torch.tensor([1, 2]), torch.tensor([0, 1]))
     assert model.flops(batch=2) == counter.get_total_flops()
+
+
+# ------------------------------------------------------------------ reference outputs of Vchitect/Latte (data)
+
+LATTE_REFERENCE = Path(__file__).parent / "data" / "latte_reference.safetensors"
+
+
+@pytest.fixture(scope="module")
+def latte_reference():
+    from tokenizer.io import load_weights
+
+    return load_weights(LATTE_REFERENCE)
+
+
+def _reference_latte(meta: dict, kind: str) -> Latte:
+    """The toolkit's Latte with the weights the reference outputs were computed with (the rule in the file's
+    metadata: one generator over the sorted state-dict names, the fixed sin-cos tables left as they are)."""
+    model = Latte(**meta["config"], num_classes=meta["num_classes"][kind],
+                  class_dropout_prob=meta["class_dropout_prob"]).eval()
+    g = torch.Generator().manual_seed(meta["weight_seed"][kind])
+    state = {name: torch.randn(v.shape, generator=g) * 0.2 for name, v in sorted(model.state_dict().items())
+             if name not in ("pos_embed", "temp_embed")}
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["cond", "uncond"])
+def test_latte_forward_equals_vchitect_reference_output(latte_reference, kind):
+    """Class-conditional and unconditional Latte (4 blocks: two spatial/temporal pairs) give the outputs
+    Vchitect/Latte's ``Latte.forward`` computed for the same seeded weights and inputs (tests/data)."""
+    ref, meta = latte_reference
+    model = _reference_latte(meta, kind)
+    x = rearrange(ref["x"], "b f c h w -> b c f h w")  # Latte's layout -> the toolkit's
+    with torch.no_grad():
+        out = model(x, ref["t"], y=ref["y"] if kind == "cond" else None)
+    torch.testing.assert_close(rearrange(out, "b c f h w -> b f c h w"), ref[f"{kind}_forward"], rtol=0, atol=1e-5)
+
+
+def test_latte_guidance_equals_vchitect_forward_with_cfg(latte_reference):
+    """Classifier-free guidance (diffusion.samplers) equals ``Latte.forward_with_cfg`` (its batch: the conditional
+    half then the null-label half; eps guided on the first 4 channels, the variance channels of the conditional
+    pass)."""
+    from diffusion.samplers import classifier_free_guidance
+
+    ref, meta = latte_reference
+    model = _reference_latte(meta, "cond")
+    guided = classifier_free_guidance(model, meta["cfg_scale"], model.null_label)
+    x = rearrange(ref["x"], "b f c h w -> b c f h w")
+    with torch.no_grad():
+        out = rearrange(guided(x, ref["t"], ref["y"]), "b c f h w -> b f c h w")
+    expected = ref["cond_forward_with_cfg"]
+    torch.testing.assert_close(out, expected[:2], rtol=0, atol=1e-5)
+    torch.testing.assert_close(expected[2:, :, :4], expected[:2, :, :4])  # the reference repeats the guided eps

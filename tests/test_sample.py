@@ -1,14 +1,15 @@
-"""pipelines/sample.py: label rules, the frame-wise SD VAE against diffusers, VAE checks against a real latent cache,
-and (on a tiny Latte run trained on that cache) playable mp4s, batch-size independence, resume, refusals."""
+"""pipelines/sample.py: label rules, VAE checks against a real latent cache, and (on a tiny Latte run trained on that
+cache) playable mp4s, batch-size independence, resume, refusals. The SD-VAE itself: tests/test_sd_vae.py."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from pipelines.sample import (FramewiseImageVAE, SampleError, SourceError, load_cache_vae, parse_labels,
+from pipelines.sample import (SampleError, SourceError, load_cache_vae, parse_labels,
                               video_label, video_seed)
 
 
@@ -56,32 +57,6 @@ def test_parse_labels():
             parse_labels(bad, 3, names)
     with pytest.raises(SampleError, match="unconditional"):
         parse_labels("1", 0, names)
-
-
-# --------------------------------------------------------------------------------------------------- SD VAE
-
-def test_framewise_sd_vae_equals_diffusers_frame_by_frame(tmp_path):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    ref = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
-                        layers_per_block=1, sample_size=16).eval()
-    ref.save_pretrained(tmp_path / "sd")
-    vae = FramewiseImageVAE.from_folder(tmp_path / "sd")
-    vae.frames_per_call = 3  # chunks that cut across videos
-    assert vae.scaling_factor == pytest.approx(0.18215) and vae.compression == (1, 2, 2)
-    z = torch.randn(2, 4, 5, 8, 8, generator=torch.Generator().manual_seed(1))
-    out = vae.decode(z)
-    assert out.shape == (2, 3, 5, 16, 16)
-    with torch.no_grad():
-        for b in range(2):
-            for t in range(5):
-                torch.testing.assert_close(out[b, :, t], ref.decode(z[b:b + 1, :, t] / 0.18215).sample[0],
-                                           atol=1e-5, rtol=1e-5)
-    assert vae.fingerprint() == FramewiseImageVAE.from_folder(tmp_path / "sd").fingerprint()
-    with pytest.raises(SourceError, match="sd-vae-ft-ema"):
-        FramewiseImageVAE.from_folder(tmp_path / "missing")
 
 
 # ------------------------------------------------------------------------------------- VAE against the cache
@@ -203,25 +178,75 @@ def test_wrong_vae_and_bad_requests_refused_before_work(tiny_run, tmp_path, caps
     assert _sample(tiny_run, out, "--vae", "vcvae-tiny") == 2
     assert "trained on latents of VAE 'plain-tiny'" in capsys.readouterr().err
     assert _sample(tiny_run, out, "--vae", "sd", "--vae-path", str(tmp_path)) == 2
-    assert "run folder" in capsys.readouterr().err
+    assert "trained on latents of VAE 'plain-tiny'" in capsys.readouterr().err
     assert _sample(tiny_run, out, "--labels", "7") == 2  # 3 classes
     assert _sample(tiny_run, out, "--fvd", "--detector", "i3d_pt", "--detector-path", str(tmp_path / "x.pt")) == 2
     assert _sample(tmp_path / "no_run", out) == 2
     assert not out.exists()  # nothing was written by a refused request
 
 
-def test_fvd_json_feeds_the_report(tiny_run, tiny_cache, tmp_path):
-    from pipelines.report import collect_rows
+def test_fvd_json_feeds_the_report(tiny_run, tiny_cache, tmp_path, capsys):
+    from pipelines.report import collect
 
     out = tmp_path / "f"
     assert _sample(tiny_run, out, "--num-videos", "3", "--fvd", "--detector", "random", "--fvd-set", "num_frames=8",
                    "--fvd-set", "resolution=32", "--fvd-stats-dir", str(tmp_path / "stats")) == 0
+    printed = capsys.readouterr().out
     record = json.loads((out / "fvd.json").read_text())
     assert record["kind"] == "latte_fvd" and record["fvd"]["clips"]["fake"] == 3 and record["train_steps"] == 3
     assert record["fvd"]["label"] and np.isfinite(record["fvd"]["fvd"])  # random I3D: labelled
-    (row,) = collect_rows([out])
-    assert (row.vae, row.train_steps, row.fvd_random, row.fvd_incomplete) == ("plain-tiny", 3, True, True)
-    assert (row.latent_shape, row.clip_shape) == ([16, 3, 4, 4], [3, 9, 32, 32])  # what Latte was trained on
+    # the run's protocol (its frame interval 1: fvd16, real stride 1), printed and recorded with the reason
+    protocol = record["fvd"]["protocol"]
+    assert protocol["name"].startswith("fvd16[") and protocol["real_stride"] == 1
+    assert "run's frame interval 1" in record["protocol_choice"] and f"FVD protocol: {protocol['name']}" in printed
+    assert record["settings"]["crf"] == 18  # not the Latte protocol: the toolkit's default quality
+    rows, (gen,) = collect([out])
+    assert (gen.vae, gen.train_steps, gen.not_comparable, gen.incomplete) == ("plain-tiny", 3, True, True)
+    assert gen.latent_shape == [16, 3, 4, 4] and rows[0].clip_shape is None  # what Latte was trained on
+    assert gen.protocol["real_stride"] == 1 and gen.protocol["frames"] == 8
+
+
+def test_fvd_protocol_follows_the_run_and_errors_name_the_fix(tiny_run, tmp_path, capsys):
+    """auto: the real stride is the run's frame interval (3: Latte's recipe -> fvd16_latte, with Latte's CRF); a
+    run with too few frames for the protocol gets an error that says which option fixes it."""
+    from pipelines.sample import open_source, run_protocol
+
+    source = open_source(tiny_run, "plain-tiny")
+    assert run_protocol("auto", source)[0].name == "fvd16"
+    source.data_config = dataclasses.replace(source.data_config, frame_interval=3)
+    protocol, why = run_protocol("auto", source)
+    assert protocol.name == "fvd16_latte" and protocol.real_stride == 3 and "frame interval 3" in why
+    # the tiny run makes 9 frames: FVD16 cannot be computed from them, and the message says what to do
+    assert _sample(tiny_run, tmp_path / "x", "--fvd", "--detector", "random") == 2
+    err = capsys.readouterr().err
+    assert "needs 16 frames per generated video; this run makes 9" in err and "--fvd-set num_frames=9" in err
+    assert _sample(tiny_run, tmp_path / "y", "--fvd", "--detector", "random", "--fvd-protocol", "fvd16_latte",
+                   "--fvd-set", "num_frames=8", "--dry-run") == 0
+    assert '"crf": 5' in capsys.readouterr().out  # Latte's mp4 quality under Latte's protocol
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y" / "videos").exists()
+
+
+def test_seeds_give_a_mean_and_spread(tiny_run, tmp_path):
+    """--seeds 0,1: one video set per seed (each as --seed would make it), one FVD each, their mean and spread."""
+    from pipelines.report import collect
+
+    out = tmp_path / "s"
+    common = ["--num-videos", "2", "--fvd", "--detector", "random", "--fvd-set", "num_frames=8", "--fvd-set",
+              "resolution=32", "--fvd-stats-dir", str(tmp_path / "stats")]
+    assert _sample(tiny_run, out, "--seeds", "0,1", *common) == 0
+    assert _sample(tiny_run, tmp_path / "one", "--seed", "1", *common) == 0
+    for i in range(2):  # the seed-1 set is the one a plain --seed 1 run makes (up to H.264 rounding)
+        assert json.loads((out / "seed-1" / "videos" / f"{i:06d}.json").read_text()) == \
+            json.loads((tmp_path / "one" / "videos" / f"{i:06d}.json").read_text())
+        a, b = (_frames(d / "videos" / f"{i:06d}.mp4").int() for d in (out / "seed-1", tmp_path / "one"))
+        assert (a - b).abs().float().mean() < 1.0
+    spread = json.loads((out / "fvd.json").read_text())["seeds"]
+    one = json.loads((tmp_path / "one" / "fvd.json").read_text())["fvd"]["fvd"]
+    assert spread["seeds"] == [0, 1] and spread["values"][1] == pytest.approx(one, rel=1e-2)
+    assert spread["mean"] == pytest.approx(np.mean(spread["values"]))
+    assert spread["std"] == pytest.approx(np.std(spread["values"], ddof=1)) and spread["std"] > 0
+    (gen,) = collect([out])[1]
+    assert (gen.fvd, gen.fvd_std, len(gen.values)) == (spread["mean"], spread["std"], 2)
 
 
 def test_released_checkpoint_with_framewise_sd_vae(tmp_path, capsys):
@@ -246,3 +271,15 @@ def test_released_checkpoint_with_framewise_sd_vae(tmp_path, capsys):
     meta = json.loads((tmp_path / "out" / "videos" / "000001.json").read_text())
     assert meta["vae"] == "sd" and meta["weights"] == "file"
     assert main(args[:9] + ["5"] + args[10:]) == 2 and "does not fit" in capsys.readouterr().err
+
+
+def test_crf_sets_the_mp4_quality(sample_video_paths, tmp_path):
+    """--crf reaches the encoder: a real clip written at Latte's CRF 5 decodes closer to its frames than at CRF 30."""
+    from tokenizer.data.video_io import read_video_frames, write_video
+
+    frames = read_video_frames(sample_video_paths[0], range(8))[:, :64, :64].contiguous()  # uint8 t h w c
+    errors = {}
+    for crf in (5, 30):
+        path = write_video(tmp_path / f"crf{crf}.mp4", frames, fps=8, crf=crf)
+        errors[crf] = (_frames(path).float() - frames.float()).abs().mean().item()
+    assert errors[5] < errors[30] / 2

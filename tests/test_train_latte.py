@@ -124,6 +124,56 @@ def test_sigkill_then_rerun_resumes_exactly(tmp_path, cache, uninterrupted):
     assert_same(full_state(resumed), full_state(uninterrupted))
 
 
+# --- Latte's recipe: one cached variant per video and epoch ------------------------------------------------------
+def test_one_variant_per_video_per_epoch_is_seeded_and_changes(cache):
+    """VideoVariants: one item per video; epoch e shows one of the video's cached clips, drawn from (seed, e, video);
+    the draw moves on with the epoch, repeats with the seed, and every variant turns up."""
+    from tokenizer.cache import VideoVariants
+
+    base = LatentCacheDataset(cache[0], normalize="none")
+    ds, same, other = VideoVariants(base, seed=1), VideoVariants(base, seed=1), VideoVariants(base, seed=2)
+    assert len(ds) == 6 and len(base) == 12  # 6 videos x 2 cached windows
+    shown = {i: set() for i in range(len(ds))}
+    draws, other_draws = [], []
+    for epoch in range(8):
+        for d in (ds, same, other):
+            d.set_epoch(epoch)
+        row = [ds.variant(i) for i in range(len(ds))]
+        assert row == [same.variant(i) for i in range(len(ds))]  # seeded: the same draws
+        draws.append(row)
+        other_draws.append([other.variant(i) for i in range(len(ds))])
+        for i in range(len(ds)):
+            item = ds[i]
+            assert item["path"] == base.paths[ds.video_ids[i]] and item["index"] == row[i]  # its own video
+            assert torch.equal(item["latent"], base[row[i]]["latent"])
+            shown[i].add(item["clip"])
+    assert len({tuple(r) for r in draws}) > 1 and draws != other_draws  # changes with the epoch and the seed
+    assert all(s == {0, 1} for s in shown.values())  # both windows of every video within 8 epochs
+
+
+VARIANTS = ("data.variants=one_per_video", "train.max_steps=8", "train.checkpoint_every=1", "train.batch_size=2",
+            "train.grad_accum=2", "train.keep_last=20")
+
+
+def test_one_variant_per_video_training_resumes_exactly(tmp_path, cache):
+    """data.variants=one_per_video: an epoch is 6 videos (3 micro-batches); 8 steps of 2 micro-batches cross 5
+    epochs. Stopped after 3 steps and resumed: the same losses and state as the uninterrupted run."""
+    from tokenizer.cache import VideoVariants
+
+    full = trainer(cache, tmp_path / "full", *VARIANTS)
+    assert isinstance(full.dataset, VideoVariants) and full.stream.steps_per_epoch == 3
+    full.fit()
+    first = trainer(cache, tmp_path / "run", *VARIANTS[:1], *VARIANTS[2:], "train.max_steps=3")
+    first.fit()
+    second = trainer(cache, tmp_path / "run", *VARIANTS)
+    second.fit()
+    assert first.history + second.history == full.history
+    assert_same(full_state(second), full_state(full))
+    assert second.stream.position.epoch == 5
+    record = load_latte_run(tmp_path / "full").record["cache"]
+    assert (record["variants"], record["clips_per_video"], record["flip_copies"]) == ("one_per_video", 2, False)
+
+
 # --- the EMA, the run folder and loading it -----------------------------------------------------------------------
 def test_ema_follows_its_formula_and_the_run_reloads(uninterrupted, tmp_path, cache):
     """Step 1 copies the weights, step 2 is theta_ema = d theta_ema + (1 - d) theta; later the EMA lags the raw

@@ -60,9 +60,14 @@ def build_vae(name: str, init_from: str | Path | None = None, **overrides):
 
 
 def load_vae(path: str | Path, device: str = "cpu"):
-    """Load a VAE saved with ``save_pretrained`` or the EMA weights of a VAE training run folder."""
+    """Load a VAE saved with ``save_pretrained``, the EMA weights of a VAE training run folder, or a local diffusers
+    ``AutoencoderKL`` folder (the frame-wise SD-VAE, registry name ``sd``: Latte's tokenizer)."""
     from .base import VideoVAE
 
+    from .models.sd import SDVAE, is_diffusers_folder
+
+    if is_diffusers_folder(path):
+        return SDVAE.from_diffusers(path).to(device).eval()
     return VideoVAE.load(path, device=device)
 
 
@@ -70,7 +75,7 @@ def _import_models() -> None:
     # Importing the model modules runs their @register_vae decorators.
     import importlib
 
-    for mod in ("tokenizer.models.vcvae", "tokenizer.models.plain", "tokenizer.models.deco"):
+    for mod in ("tokenizer.models.vcvae", "tokenizer.models.plain", "tokenizer.models.deco", "tokenizer.models.sd"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as err:

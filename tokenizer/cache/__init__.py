@@ -10,11 +10,11 @@ The format is described in :mod:`tokenizer.cache.manifest`, the job in :mod:`tok
 from .config import CacheConfig, load_cache_config, split_overrides, valid_frame_count
 from .manifest import CacheError, CacheMismatchError, check_fingerprint, read_manifest, verify_cache
 from .plan import CachePlan, make_plan
-from .reader import NORMALIZE_MODES, LatentCacheDataset, LatentNormalizer
+from .reader import NORMALIZE_MODES, LatentCacheDataset, LatentNormalizer, VideoVariants
 from .vae import cache_vae, seeded_preset
 from .writer import run_cache
 
 __all__ = ["CacheConfig", "load_cache_config", "split_overrides", "valid_frame_count", "CacheError",
            "CacheMismatchError", "check_fingerprint", "read_manifest", "verify_cache", "CachePlan", "make_plan",
-           "LatentCacheDataset", "LatentNormalizer", "NORMALIZE_MODES", "run_cache", "cache_vae",
+           "LatentCacheDataset", "LatentNormalizer", "VideoVariants", "NORMALIZE_MODES", "run_cache", "cache_vae",
            "seeded_preset"]

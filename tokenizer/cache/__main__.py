@@ -1,5 +1,7 @@
 """Cache a dataset's latents: ``python -m tokenizer.cache --vae NAME [--ckpt DIR] --data CONFIG [--out DIR] [k=v ...]``.
 
+Latte's own tokenizer, the frame-wise SD-VAE: ``--vae sd --vae-path DIR`` (a local diffusers AutoencoderKL folder).
+
 One process (CPU or one GPU) as is; several with ``accelerate launch --num_processes N -m tokenizer.cache ...``
 (GPUs) or ``torchrun --nproc_per_node N -m tokenizer.cache ...`` (CPU, gloo): each rank encodes its own shards and
 the result is the same cache. ``key=value`` items set the data config (``root=/data/UCF-101``) or the cache
@@ -28,9 +30,11 @@ from .writer import make_state, resolve_runtime, run_cache
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tokenizer.cache", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vae", help="VAE registry name (plain, vcvae, deco, *-tiny, ...)")
+    p.add_argument("--vae", help="VAE registry name (plain, vcvae, deco, sd, *-tiny, ...)")
     p.add_argument("--ckpt", help="VAE folder (save_pretrained) or training run; without it the preset is "
                                   "randomly initialised (smoke runs and tests only)")
+    p.add_argument("--vae-path", help="--vae sd: a local diffusers AutoencoderKL folder, e.g. sd-vae-ft-ema "
+                                      "(the same as --ckpt)")
     p.add_argument("--data", help="data config, configs/data/*.yaml")
     p.add_argument("--out", help="cache folder (default: caches/<vae>-<data config name>)")
     p.add_argument("--cache-config", help="YAML with cache settings (CacheConfig fields); optional")
@@ -60,6 +64,14 @@ def _verify(out: str) -> int:
 def _load_vae(args, init_seed: int):
     from .. import load_vae
 
+    if args.vae_path:  # a diffusers AutoencoderKL folder: the frame-wise SD-VAE (errors say what the folder lacks)
+        from ..models.sd import SDVAE
+
+        vae = SDVAE.from_diffusers(args.vae_path)
+        if vae.name != args.vae:
+            raise ConfigError(f"--vae-path {args.vae_path} is a diffusers AutoencoderKL, the 'sd' VAE; --vae says "
+                              f"'{args.vae}'")
+        return vae, str(Path(args.vae_path).resolve())
     if args.ckpt:
         vae = load_vae(args.ckpt)
         if vae.name != args.vae:
@@ -80,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return _verify(args.out)
     if not args.vae or not args.data:
         parser.error("--vae and --data are required (or --verify --out DIR)")
+    if args.vae_path and args.ckpt:
+        parser.error("--vae-path and --ckpt both name the VAE's weights: give one of them")
     out = args.out or f"caches/{args.vae}-{Path(args.data).stem}"
     state = None
     try:

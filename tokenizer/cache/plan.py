@@ -1,10 +1,15 @@
 """The plan of a cache job: which clips, in which shard, on which rank, and the identity that fixes the bytes.
 
 Items are the dataset's clips in its fixed enumeration (item ``i`` = clip ``i % clips_per_video`` of usable video
-``i // clips_per_video``). Shard ``k`` holds items ``[k * items_per_shard, (k + 1) * items_per_shard)`` and is
-encoded by rank ``k % world_size`` in batches that never cross a shard boundary, so the clips of a shard, and its
-bytes given the same kernels (on CPU: the same thread count per process), depend neither on the number of
-processes nor on where a killed run stopped.
+``i // clips_per_video``): with ``offset=random`` and ``clips_per_video=K``, K seeded random windows per video, one per
+equal stratum of the possible starts. A data config with ``hflip=true`` stores every clip and its mirror
+(``flip_copies``): a video's cached variants are its K windows x 2 orientations, from which Latte training draws one
+per epoch (``data.variants=one_per_video``) as Latte's loader draws a new window and flip at every read.
+
+Shard ``k`` holds items ``[k * items_per_shard, (k + 1) * items_per_shard)`` and is encoded by rank
+``k % world_size`` in batches that never cross a shard boundary, so the clips of a shard, and its bytes given the
+same kernels (on CPU: the same thread count per process), depend neither on the number of processes nor on where
+a killed run stopped.
 """
 from __future__ import annotations
 
@@ -77,8 +82,9 @@ def _videos_sha256(dataset: VideoClipDataset) -> str:
 def make_plan(vae, data_cfg: DataConfig, cfg: CacheConfig, precision: str, dataset=None) -> CachePlan:
     """Resolve the clip length, probe the dataset, size the shards and compute the identity."""
     if data_cfg.hflip:
-        raise ConfigError("hflip=true is a random training-time flip; a cache stores fixed clips: set hflip=false "
-                          "and flip_copies=true to cache the flipped copy of every clip as well")
+        # a random flip per read becomes both orientations stored; training draws one per epoch
+        # (diffusion data.variants=one_per_video), so the clips stay fixed and the cache deterministic
+        cfg = dataclasses.replace(cfg, flip_copies=True)
     num_frames = valid_frame_count(vae, data_cfg.num_frames, cfg.strict_frames)
     spatial = vae.compression[1]
     if data_cfg.resolution % spatial:
@@ -87,7 +93,7 @@ def make_plan(vae, data_cfg: DataConfig, cfg: CacheConfig, precision: str, datas
     if cfg.chunk_size is not None and cfg.chunk_size % vae.compression[0]:
         raise ConfigError(f"chunk_size={cfg.chunk_size} must be a multiple of {vae.name}'s temporal compression "
                           f"{vae.compression[0]}")
-    data_cfg = dataclasses.replace(data_cfg, num_frames=num_frames)
+    data_cfg = dataclasses.replace(data_cfg, num_frames=num_frames, hflip=False)
     if dataset is not None and dataset.cfg != data_cfg:
         raise ConfigError(f"the dataset given was built from another data config than the cache's:\n  dataset: "
                           f"{to_dict(dataset.cfg)}\n  cache: {to_dict(data_cfg)}")
@@ -100,6 +106,8 @@ def make_plan(vae, data_cfg: DataConfig, cfg: CacheConfig, precision: str, datas
     items_per_shard = max(1, clips_per_shard // copies)
     num_shards = math.ceil(len(dataset) / items_per_shard)
     data_identity = {k: v for k, v in to_dict(data_cfg).items() if k not in DATA_RUNTIME_KEYS}
+    if data_identity.get("frame_indices") == "stride":  # the default, left out: caches made before the option
+        del data_identity["frame_indices"]               # keep their identity (and can be resumed)
     identity = {
         "vae": {"name": vae.name, "config": to_dict(vae.config), "fingerprint": vae.fingerprint(),
                 "frame_rule": vae.frame_rule, "compression": list(vae.compression),

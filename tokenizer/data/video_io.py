@@ -193,11 +193,12 @@ def video_to_uint8(video: torch.Tensor) -> torch.Tensor:
     return x.permute(1, 2, 3, 0).contiguous().cpu()  # c t h w -> t h w c
 
 
-def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float = 8) -> Path:
+def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float = 8, crf: int = 18) -> Path:
     """Write ``uint8`` frames ``(T, H, W, C)`` atomically: ``.gif`` through PIL, anything else as H.264 mp4.
 
     The mp4 is yuv420p (plays everywhere), written with PyAV; an odd width or height is padded by one
-    replicated row/column because yuv420p needs even sizes. A grey clip (C = 1) is expanded to RGB.
+    replicated row/column because yuv420p needs even sizes. A grey clip (C = 1) is expanded to RGB. ``crf``: the
+    x264 constant rate factor (0 lossless, 18 default here; Latte writes its samples at imageio quality 9, ~CRF 5).
     """
     path = Path(path)
     arr = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
@@ -209,7 +210,7 @@ def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float 
     if path.suffix.lower() == ".gif":
         _write_gif(path, arr, fps)
     else:
-        _write_mp4(path, arr, fps)
+        _write_mp4(path, arr, fps, crf)
     return path
 
 
@@ -222,7 +223,7 @@ def _write_gif(path: Path, arr: np.ndarray, fps: float) -> None:
                        duration=max(1, round(1000 / fps)), loop=0)
 
 
-def _write_mp4(path: Path, arr: np.ndarray, fps: float) -> None:
+def _write_mp4(path: Path, arr: np.ndarray, fps: float, crf: int = 18) -> None:
     import av
     from fractions import Fraction
 
@@ -232,7 +233,7 @@ def _write_mp4(path: Path, arr: np.ndarray, fps: float) -> None:
         with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = arr.shape[2], arr.shape[1], "yuv420p"
-            stream.options = {"crf": "18", "preset": "veryfast"}
+            stream.options = {"crf": str(int(crf)), "preset": "veryfast"}
             for frame in arr:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
             container.mux(stream.encode())  # flush delayed frames
