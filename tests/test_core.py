@@ -91,3 +91,21 @@ def test_choice_fields_refuse_other_values_and_save_as_plain_strings(tmp_path):
     saved = yaml.safe_dump(to_dict(cfg))  # plain strings: safe_dump refuses Enum objects
     (tmp_path / "c.yaml").write_text(saved)
     assert to_dict(load_config(VAETrainConfig, tmp_path / "c.yaml")) == to_dict(cfg)
+
+
+def test_free_form_model_config_takes_preset_fields_from_yaml_and_overrides(tmp_path):
+    """``model.config`` (dict[str, Any]: the preset's fields) accepts keys in the file and on the command line, while
+    the typed sections around it still refuse unknown keys; a field the preset lacks is a config error of the
+    trainer, not a traceback."""
+    from tokenizer.training.vae_config import VAETrainConfig
+    from tokenizer.training.vae_trainer import VAETrainer
+
+    f = tmp_path / "train.yaml"
+    f.write_text("model: {name: vcvae-tiny, config: {tdc: false}}\ntrain: {run_dir: x}\n")
+    cfg = load_config(VAETrainConfig, f, ["model.config.first_frame=separate", "model.config={latent_channels: 8}"])
+    assert cfg.model.config == {"tdc": False, "first_frame": "separate", "latent_channels": 8}
+    with pytest.raises(ConfigError, match="unknown key 'model.confg'"):
+        load_config(VAETrainConfig, f, ["model.confg.tdc=true"])
+    bad = load_config(VAETrainConfig, f, ["model.config.tdcc=true", f"train.run_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="model.config: unknown config field.*tdcc"):
+        VAETrainer(bad)

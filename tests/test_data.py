@@ -144,6 +144,29 @@ def test_clip_frames_are_the_requested_frames(ucf_tree, tiny_data_cfg, interval)
     assert len(starts) > 1 and max(starts) <= UCF_FRAMES - (7 * interval + 1)
 
 
+@pytest.mark.parametrize("offset", ["start", "random"])
+def test_time_range_split_is_disjoint_and_reads_its_frames(ucf_tree, tiny_data_cfg, offset):
+    """A split by time (train [0, 0.5], test [0.5, 1]): every clip lies inside its window of each video, the two
+    splits share no source frame, and a test clip's pixels are the source frames it names (against PyAV)."""
+    kw = dict(split="test", num_frames=4, frame_interval=3, resolution=72, offset=offset, clips_per_video=3, seed=1)
+    train = build_dataset(tiny_data_cfg("ucf101", ucf_tree, time_range=[0.0, 0.5], **kw))
+    test = build_dataset(tiny_data_cfg("ucf101", ucf_tree, time_range=[0.5, 1.0], **kw))
+    half = UCF_FRAMES // 2
+    for ds, lo, hi in ((train, 0, half), (test, half, UCF_FRAMES)):
+        frames = [ds.clip_frames(i)[2] for i in range(len(ds))]
+        assert all(lo <= f[0] and f[-1] < hi for f in frames)
+        if offset == "start":  # evenly spaced: the first clip starts the window, the last one ends it
+            assert min(f[0] for f in frames) == lo and max(f[-1] for f in frames) == hi - 1
+    item = test[len(test) - 1]
+    ref = _pyav_frames(item["path"])[:, :, 12:84].astype(np.int16)
+    assert np.abs(_to_uint8(item["video"]) - ref[item["start"] + 3 * np.arange(4)]).max() <= 2
+    # a window shorter than a clip skips the video with the reason; a bad range is a config error
+    with pytest.warns(SkippedVideoWarning, match="time_range"), pytest.raises(DatasetError):
+        build_dataset(tiny_data_cfg("ucf101", ucf_tree, time_range=[0.9, 1.0], **kw))
+    with pytest.raises(ConfigError, match="time_range"):
+        tiny_data_cfg("ucf101", ucf_tree, time_range=[0.5, 0.5])
+
+
 def test_frame_folder_clip_and_resize_match_pil(sky_tree, tiny_data_cfg):
     """Frame folders: short-side resize to 32 then centre crop equals PIL's antialiased bilinear resize."""
     ds = build_dataset(tiny_data_cfg("sky_timelapse", sky_tree, split="test", num_frames=4, frame_interval=5,

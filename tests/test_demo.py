@@ -15,7 +15,7 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
     report = json.loads((out / "report" / "vae_report.json").read_text())
     assert isinstance(report, list)  # pipelines.report writes one object per VAE
-    row = next(r for r in report if r["vae"] == "deco-tiny")
+    row = next(r for r in report if r["vae"] == "deco-compact-tiny")
     # every stage left its number: reconstruction, rFVD and the Latte FVD (random I3D, labelled as such)
     assert row["psnr"] is not None and row["rfvd"] is not None and row["fvd"] is not None
     assert row["fvd_column"].startswith("FVD8 (fvd16")  # the column is named by the protocol: 8 frames
@@ -23,6 +23,13 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     assert row["fvd_random"] and row["rfvd_random"]
     assert "RANDOM-INIT I3D" in (out / "report.md").read_text()
     assert (out / "report" / "frames.png").stat().st_size > 0
+    # the VAE trains on the early part of each video; its PSNR comes from the held-out later part
+    recon = json.loads((out / "recon-deco" / "recon.json").read_text())
+    assert recon["data"]["time_range"] == [0.75, 1.0] and recon["latent_channels"] == 16
+    import yaml
+
+    vae_cfg = yaml.safe_load((out / "vae-deco" / "config.yaml").read_text())
+    assert vae_cfg["data"]["time_range"] == [0.0, 0.75] and vae_cfg["model"]["name"] == "deco-compact-tiny"
     assert len(list((out / "samples-deco").rglob("*.mp4"))) == 4
     # a second run reuses everything: no training step, no new video
     mtimes = {p: p.stat().st_mtime for p in (out / "samples-deco").rglob("*.mp4")}

@@ -217,3 +217,33 @@ def test_motion_panels_and_side_by_side_gif(tmp_path):
     assert labelled.size == (8 * 2 + 2, 12 + 8)
     strip = np.asarray(labelled)[:12]
     assert strip.min() < 100 and (strip[:, :8] < 100).any() and (strip[:, 10:] < 100).any()  # text over each panel
+
+
+# --- learning-rate schedule of the VAE trainer ------------------------------------------------------------------
+@pytest.mark.parametrize("warmup,schedule,floor", [(5, "cosine", 0.1), (0, "cosine", 0.0), (3, "constant", 0.0)])
+def test_vae_lr_schedule_matches_torch_schedulers(warmup, schedule, floor):
+    """optim.warmup_steps + optim.schedule against torch's own LinearLR -> CosineAnnealingLR (SequentialLR): the
+    same lr at every one of train.max_steps steps, 1/w at the first step, floor * lr at the last."""
+    from tokenizer.training.vae_config import VAETrainConfig, lr_factor, validate
+    from tokenizer.config import from_dict
+
+    steps, lr = 20, 2e-3
+    cfg = from_dict(VAETrainConfig, {"model": {"name": "plain-tiny"}, "train": {"run_dir": "x", "max_steps": steps},
+                                     "optim": {"lr": lr, "warmup_steps": warmup, "schedule": schedule,
+                                               "min_lr_ratio": floor}})
+    validate(cfg)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    S = torch.optim.lr_scheduler
+    after = (S.CosineAnnealingLR(opt, T_max=steps - warmup - 1, eta_min=floor * lr) if schedule == "cosine"
+             else S.ConstantLR(opt, factor=1.0, total_iters=0))
+    ref = S.SequentialLR(opt, [S.LinearLR(opt, 1 / warmup, 1.0, total_iters=warmup - 1), after], [warmup]) \
+        if warmup else after
+    expected = []
+    for _ in range(steps):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        ref.step()
+    got = [lr * lr_factor(cfg, taken) for taken in range(steps)]
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+    assert got[0] == pytest.approx(lr / max(warmup, 1)) and got[-1] == pytest.approx(lr if schedule == "constant"
+                                                                                      else floor * lr)

@@ -46,6 +46,25 @@ def check_at_least(section: Any, keys: Sequence[str], low: int = 1, prefix: str 
                                                                                              else ""))
 
 
+def _structured(schema: Any) -> DictConfig:
+    """The schema's defaults in struct mode (an unknown key is an error), except free-form mappings -- fields typed
+    ``dict[str, Any]`` such as ``model.config``, the preset overrides -- which take any key."""
+    cfg = OmegaConf.structured(schema)
+    OmegaConf.set_struct(cfg, True)
+
+    def open_maps(node: DictConfig) -> None:
+        for key in node:
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+                if child._metadata.object_type in (None, dict):
+                    OmegaConf.set_struct(child, False)
+                else:
+                    open_maps(child)
+
+    open_maps(cfg)
+    return cfg
+
+
 def _valid_keys(schema: Any, dotted: str) -> list[str]:
     """Field names valid at the level of ``dotted`` (e.g. 'optim.lrr' -> fields of the optim schema)."""
     node = OmegaConf.structured(schema)
@@ -57,18 +76,6 @@ def _valid_keys(schema: Any, dotted: str) -> list[str]:
     if isinstance(node, DictConfig):
         return sorted(str(k) for k in node.keys())
     return []
-
-
-def _open_free_dicts(node: DictConfig) -> None:
-    """Free-form ``dict`` fields (e.g. ``model.config``, a preset's overrides) take any key; dataclass sections
-    stay strict."""
-    for key in node.keys():
-        child = node._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
-            if OmegaConf.get_type(child) is dict:
-                OmegaConf.set_struct(child, False)
-            else:
-                _open_free_dicts(child)
 
 
 def _merge(base: DictConfig, other: Any, source: str, schema: Any) -> DictConfig:
@@ -153,9 +160,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     ``validate(cfg)`` runs checks that need several fields. Every error is a :class:`ConfigError`; one about a
     value names its key from the top of the config and the file or override that set it.
     """
-    cfg = OmegaConf.structured(schema)
-    OmegaConf.set_struct(cfg, True)
-    _open_free_dicts(cfg)
+    cfg = _structured(schema)
     sources: list[tuple[str, set[str]]] = []
     if path is not None:
         path = find_config(path)
@@ -184,9 +189,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
 
 def from_dict(schema: type[T], values: dict, source: str = "<dict>") -> T:
     """Validate a plain dict (e.g. a config stored beside a checkpoint) against ``schema``."""
-    cfg = OmegaConf.structured(schema)
-    OmegaConf.set_struct(cfg, True)
-    _open_free_dicts(cfg)
+    cfg = _structured(schema)
     cfg = _merge(cfg, OmegaConf.create(values), source, schema)
     return _build(cfg, [(source, set(flatten(values)))], None)
 

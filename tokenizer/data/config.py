@@ -37,6 +37,8 @@ class DataConfig:
     crop: str = "center"  # center | random (seeded)
     offset: str = "random"  # random (seeded by seed, index, epoch) | start | center
     clips_per_video: int = 1  # >1: evenly spaced clips (random offset: one random clip per equal stratum)
+    time_range: Optional[list[float]] = None  # [from, to]: clips lie inside these fractions of each video's frames,
+    #   frames floor(from * n) .. floor(to * n) - 1 (a split by time: [0, 0.75] to train, [0.75, 1] to test, disjoint)
     hflip: bool = False  # random horizontal flip with p = 0.5 (seeded); a latent cache stores both orientations
     frame_indices: str = "stride"  # stride (exact frame_interval) | linspace (Latte's loader, see above)
     seed: int = 0
@@ -56,9 +58,20 @@ class DataConfig:
                               "probe_workers"))
         check_at_least(self, ("read_retries",), low=0)
         check_at_least(self, ("max_videos",), optional=True)
+        if self.time_range is not None:
+            r = list(self.time_range)
+            if len(r) != 2 or not 0 <= r[0] < r[1] <= 1:
+                raise ConfigError(f"invalid value 'time_range={r}': [from, to] with 0 <= from < to <= 1")
         if self.kind != "samples" and not self.root:
             raise ConfigError(f"'root' is required for kind={self.kind}: the dataset folder "
                               f"(e.g. root=/data/{self.kind} on the command line)")
+
+    def frame_window(self, num_video_frames: int) -> tuple[int, int]:
+        """[lo, hi): the source frames of a video of ``num_video_frames`` frames that its clips may use."""
+        if self.time_range is None:
+            return 0, num_video_frames
+        lo, hi = self.time_range
+        return int(lo * num_video_frames), int(hi * num_video_frames)
 
     @property
     def clip_span(self) -> int:

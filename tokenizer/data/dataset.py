@@ -79,6 +79,11 @@ class VideoClipDataset(Dataset):
         self.videos: list[UsableVideo] = []
         self.skipped: list[tuple[str, str]] = []
         for entry, (n, reason) in zip(entries, probes):
+            if n is not None and cfg.time_range is not None:
+                lo, hi = cfg.frame_window(n)
+                if hi - lo < span:
+                    n, reason = None, (f"too short: time_range {list(cfg.time_range)} keeps frames {lo}..{hi - 1} "
+                                       f"of {n}, a clip needs {span}")
             if n is None:
                 self.skipped.append((entry.path, reason))
                 warnings.warn(f"skipping video {entry.path}: {reason}", SkippedVideoWarning, stacklevel=3)
@@ -110,12 +115,14 @@ class VideoClipDataset(Dataset):
         v, clip = divmod(index, cfg.clips_per_video)
         info = self.videos[v if video is None else video]
         rng = item_rng(cfg.seed, self.epoch, index, RNG_OFFSET) if cfg.offset == "random" else None
-        n = info.num_frames
+        lo, hi = cfg.frame_window(info.num_frames)  # time_range: the frames this split may use
+        n = hi - lo
         if cfg.frame_indices == "linspace":  # Latte's: starts in [0, last], frames spread over the window
             _, last = latte_window(n, cfg.num_frames, cfg.frame_interval)
             start = clip_start(n, n - last, clip, cfg.clips_per_video, cfg.offset, rng)  # span n - last: starts 0..last
-            return info.path, start, linspace_indices(start, n, cfg.num_frames, cfg.frame_interval)
-        start = clip_start(n, cfg.clip_span, clip, cfg.clips_per_video, cfg.offset, rng)
+            return info.path, lo + start, [lo + i for i in linspace_indices(start, n, cfg.num_frames,
+                                                                            cfg.frame_interval)]
+        start = lo + clip_start(n, cfg.clip_span, clip, cfg.clips_per_video, cfg.offset, rng)
         return info.path, start, clip_indices(start, cfg.num_frames, cfg.frame_interval)
 
     # ------------------------------------------------------------------------------------------------- reading

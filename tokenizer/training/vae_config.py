@@ -11,6 +11,7 @@ Stages:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -37,6 +38,7 @@ class InitWeights(Choice):
 
 
 PRECISIONS = ("no", "bf16")  # fp16 would need one gradient scaler per optimiser: not offered
+SCHEDULES = ("constant", "cosine")  # of the lr after the linear warm-up
 
 
 @dataclass
@@ -76,7 +78,9 @@ class OptimSection:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
     eps: float = 1e-8
     weight_decay: float = 0.0
-    warmup_steps: int = 0  # linear warm-up, then constant
+    warmup_steps: int = 0  # linear warm-up from lr / warmup_steps to lr over this many steps
+    schedule: str = "constant"  # after the warm-up: constant | cosine (to min_lr_ratio * lr at train.max_steps)
+    min_lr_ratio: float = 0.0  # cosine only: the last step's lr as a fraction of lr
     max_grad_norm: Optional[float] = None  # clip the generator's gradient norm (None: no clipping)
     disc_lr: Optional[float] = None  # default: lr
 
@@ -125,7 +129,8 @@ def validate(cfg: VAETrainConfig) -> None:
     """Checks that need several fields; raises ConfigError with the offending key."""
     t = cfg.train
     check_choices(("train.mixed_precision", t.mixed_precision, PRECISIONS),  # "no": YAML reads a bare no as false
-                  ("motion_loss.objective", cfg.motion_loss.objective, OBJECTIVES))
+                  ("motion_loss.objective", cfg.motion_loss.objective, OBJECTIVES),
+                  ("optim.schedule", cfg.optim.schedule, SCHEDULES))
     check_tracker("train.tracker", t.tracker)
     check_at_least(t, ("max_steps", "batch_size", "checkpoint_every", "sample_every", "log_every", "max_nonfinite",
                        "keep_last"), prefix="train.")
@@ -141,6 +146,13 @@ def validate(cfg: VAETrainConfig) -> None:
         raise ConfigError(f"invalid value 'optim.weight_decay={o.weight_decay}': must be >= 0")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"invalid value 'train.ema_decay={t.ema_decay}': must be in [0, 1)")
+    if not 0 <= cfg.optim.min_lr_ratio <= 1:
+        raise ConfigError(f"invalid value 'optim.min_lr_ratio={cfg.optim.min_lr_ratio}': must be in [0, 1]")
+    if cfg.optim.warmup_steps < 0:
+        raise ConfigError(f"invalid value 'optim.warmup_steps={cfg.optim.warmup_steps}': must be >= 0")
+    if cfg.optim.max_grad_norm is not None and cfg.optim.max_grad_norm <= 0:
+        raise ConfigError(f"invalid value 'optim.max_grad_norm={cfg.optim.max_grad_norm}': > 0, or null for no "
+                          "clipping")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"invalid value 'optim.betas={cfg.optim.betas}': two numbers (beta1, beta2)")
     starts = [p.start for p in cfg.phases]
@@ -160,6 +172,25 @@ def validate(cfg: VAETrainConfig) -> None:
             raise ConfigError(f"invalid value 'buckets.{i}.weight={b.weight}': must be >= 0")
     if cfg.buckets and sum(b.weight for b in cfg.buckets) <= 0:
         raise ConfigError("invalid value 'buckets': the weights must have a positive sum")
+
+
+def lr_factor(cfg: VAETrainConfig, taken: int) -> float:
+    """The learning rate of step ``taken + 1`` as a fraction of ``optim.lr`` (``taken`` steps done before it).
+
+    Linear warm-up over ``optim.warmup_steps`` (1/w, 2/w, ..., 1), then ``constant`` or half a cosine period
+    from 1 down to ``min_lr_ratio`` at the last step (SGDR, Loshchilov & Hutter 2017, without restarts). Short runs of
+    tiny models at a high lr need both: without the warm-up Adam's first steps overshoot, and without the decay
+    the loss keeps bouncing at the final lr.
+    """
+    o = cfg.optim
+    w = o.warmup_steps
+    if taken < w:
+        return (taken + 1) / w
+    if o.schedule == "constant":
+        return 1.0
+    span = max(cfg.train.max_steps - w - 1, 1)  # steps w+1 .. max_steps: progress 0 .. 1
+    progress = min((taken - w) / span, 1.0)
+    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def active_phase(cfg: VAETrainConfig, step: int) -> int | None:

@@ -43,7 +43,7 @@ from .rundir import RunDir
 from .samples import contact_sheet, motion_panels, panel_grid
 from .state import derive_seed, restore_rng, seed_everything
 from .trackers import accelerator_kwargs, log_image, tracker_names
-from .vae_config import VAETrainConfig, active_phase, validate
+from .vae_config import VAETrainConfig, active_phase, lr_factor, validate
 from .vae_parts import (CachedItems, bucket_data_configs, find_last_layer, load_init_weights, parameter_groups,
                         video_of)
 
@@ -72,7 +72,10 @@ class VAETrainer(TrainLoop):
 
         # models (identical on every process: same seed; DDP also broadcasts rank 0's weights)
         seed_everything(t.seed)
-        self.model: VideoVAE = build_vae(cfg.model.name, **cfg.model.config)
+        try:
+            self.model: VideoVAE = build_vae(cfg.model.name, **cfg.model.config)
+        except TypeError as err:  # a field the preset does not have
+            raise ConfigError(f"model.config: {err}") from None
         if cfg.model.gradient_checkpointing:
             self.model.enable_gradient_checkpointing(True)
         self.groups = parameter_groups(self.model)
@@ -107,7 +110,8 @@ class VAETrainer(TrainLoop):
                    for i, (d, (_, bs)) in enumerate(zip(self.datasets, pairs))]
         self.stream = BucketedStream(streams, seed=t.seed, weights=[b.weight for b in cfg.buckets] or None)
 
-        # optimisers (plain constant LR after a linear warm-up; schedulers step once per taken step)
+        # optimisers (linear warm-up, then constant or cosine: vae_config.lr_factor; schedulers step once per taken
+        # step, so a skipped step does not advance the schedule)
         o = cfg.optim
         adam = dict(betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=o.lr, **adam)
@@ -136,8 +140,7 @@ class VAETrainer(TrainLoop):
                            **accelerator_kwargs(t.tracker, t.run_dir))
 
     def _lr_factor(self, taken: int) -> float:
-        w = self.cfg.optim.warmup_steps
-        return 1.0 if w <= 0 else min(1.0, (taken + 1) / w)
+        return lr_factor(self.cfg, taken)
 
     def _check_phase_groups(self) -> None:
         names = set(self.groups)

@@ -1,0 +1,93 @@
+"""The study's own 2D image VAE: VC-VAE's initialiser (sec. 3.2), trained here because no Flux VAE can be fetched.
+
+A diffusers ``AutoencoderKL`` in the Flux layout (no quant convs, mid-block attention) at small widths, trained on
+single frames of the training clips (L1 + KL, Adam with a linear warm-up and a cosine decay), saved with
+``save_pretrained`` -- the diffusers folder layout -- so that VC-VAE inflates it through the same
+``model.init_from=`` path that reads the Flux VAE. Its latent normalisation (``scaling_factor``, ``shift_factor``)
+is measured on the training frames, as Flux's was. The folder is written atomically: a killed study trains it again.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from einops import rearrange
+
+from .spec import ImageVAESpec
+
+
+def build_image_vae(spec: ImageVAESpec):
+    from diffusers import AutoencoderKL
+
+    n = len(spec.block_out_channels)
+    return AutoencoderKL(block_out_channels=tuple(spec.block_out_channels), down_block_types=("DownEncoderBlock2D",) * n,
+                         up_block_types=("UpDecoderBlock2D",) * n, layers_per_block=spec.layers_per_block,
+                         latent_channels=spec.latent_channels, norm_num_groups=spec.norm_num_groups,
+                         use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=True)
+
+
+def train_image_vae(spec: ImageVAESpec, clips: torch.Tensor, out: Path, seed: int, log=print) -> dict:
+    """Train on the frames of ``clips`` (n c t h w in [-1, 1]) and save to ``out``; returns what it measured.
+    A finished folder (``study.json`` beside the weights) is reused as it is."""
+    done = out / "study.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    torch.manual_seed(seed)
+    frames = rearrange(clips, "n c t h w -> (n t) c h w")
+    vae = build_image_vae(spec).train()
+    opt = torch.optim.Adam(vae.parameters(), lr=spec.lr, betas=(0.9, 0.99))
+    w = max(spec.warmup_steps, 1)
+
+    def factor(i: int) -> float:  # the VAE trainer's recipe: linear warm-up, cosine to 5 %
+        if i < w:
+            return (i + 1) / w
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min((i - w) / max(spec.steps - w - 1, 1), 1.0)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    for step in range(spec.steps):
+        batch = frames[torch.randint(len(frames), (spec.batch_size,), generator=gen)]
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        loss = (recon - batch).abs().mean() + spec.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if (step + 1) % max(spec.steps // 5, 1) == 0:
+            log(f"image VAE step {step + 1}/{spec.steps}: L1 {loss.item():.4f}")
+    vae.eval()
+    with torch.no_grad():
+        z = torch.cat([vae.encode(f).latent_dist.mode() for f in frames.split(256)])
+    shift, std = z.mean().item(), z.std().item()
+    vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / std)
+    info = {"steps": spec.steps, "frames": len(frames), "wall_s": time.perf_counter() - start,
+            "scaling_factor": 1.0 / std, "shift_factor": shift,
+            "parameters": sum(p.numel() for p in vae.parameters())}
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    vae.save_pretrained(tmp)
+    (tmp / "study.json").write_text(json.dumps(info, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return info
+
+
+@torch.no_grad()
+def image_vae_psnr(folder: Path, clips: torch.Tensor) -> float:
+    """Held-out PSNR (dB, frames on [0, 1]) of the image VAE reconstructing each frame of ``clips`` on its own."""
+    from diffusers import AutoencoderKL
+
+    from pipelines.metrics import psnr_frames
+
+    vae = AutoencoderKL.from_pretrained(folder).eval()
+    frames = rearrange(clips, "n c t h w -> (n t) c h w")
+    recon = vae.decode(vae.encode(frames).latent_dist.mode()).sample.clamp(-1, 1)
+    recon = rearrange(recon, "(n t) c h w -> n c t h w", n=clips.shape[0])
+    return psnr_frames(clips, recon).mean().item()
