@@ -94,7 +94,8 @@ def test_decode_is_recoupling_of_decoded_components(clip):
     vae = tiny()
     with torch.no_grad():
         c = vae.decoupled_components(clip)
-        torch.testing.assert_close(c["reconstruction"], vae.decode(vae.encode(clip).mode()), atol=1e-5, rtol=0)
+        whole = vae.decode(vae.encode(clip, chunk_size=0).mode(), chunk_size=0)  # 0: the whole clip at once
+        torch.testing.assert_close(c["reconstruction"], whole, atol=1e-5, rtol=0)
         x0_hat = c["keyframe_hat"].mean(dim=2)  # eq. 8: the decoded keyframe video averaged over time
         expected = vae.motion.warp(x0_hat, c["motion_hat"]) + c["residual_hat"]
         torch.testing.assert_close(c["reconstruction"], expected, atol=1e-5, rtol=0)
@@ -127,7 +128,7 @@ def test_chunked_and_group_by_group_equal_whole_clip(clip, name, gop):
         ref = vae.decode(z, chunk_size=5)  # one chunk
         for chunk in (1, 2):
             torch.testing.assert_close(vae.decode(z, chunk_size=chunk), ref, atol=5e-5, rtol=1e-4)
-        # the default: group by group with a gop, the whole clip without
+        # the default without gradients: group by group with a gop, one latent frame at a time without
         torch.testing.assert_close(vae.encode(clip).mean, whole.mean, atol=1e-5, rtol=0)
         torch.testing.assert_close(vae.decode(z), ref, atol=5e-5, rtol=1e-4)
 
@@ -165,18 +166,20 @@ def _largest_inputs(vae, fn) -> dict[str, int]:
 
 
 def test_group_by_group_work_does_not_grow_with_the_clip(clip):
-    """gop=8: encode and decode hand every convolution the same number of frames for a 33- and a 65-frame clip
-    (bounded memory); with one keyframe for the whole clip (the paper) it grows with the clip."""
+    """gop=8, and the default without gradients (one latent frame at a time): encode and decode hand every
+    convolution the same number of frames for a 33- and a 65-frame clip (bounded memory); the whole clip at once
+    (``chunk_size=0``, one keyframe as in the paper) grows with the clip."""
     more = torch.cat([clip[:, :, 1:], clip.flip(2)[:, :, 1:]], dim=2)  # 32 more real frames
     clips = {33: torch.cat([clip, clip.flip(2)[:, :, 1:]], dim=2), 65: torch.cat([clip, clip.flip(2)[:, :, 1:], more],
                                                                                dim=2)}
-    for gop, grows in ((8, False), (None, True)):
+    for gop, chunk, grows in ((8, None, False), (None, None, False), (None, 0, True)):
         vae = tiny(gop=gop)
         sizes = {}
         for t, x in clips.items():
-            z = vae.encode(x).mode() if gop else None
-            sizes[t] = (_largest_inputs(vae, lambda: vae.encode(x)),
-                        _largest_inputs(vae, lambda: vae.decode(z if z is not None else vae.encode(x).mode())))
+            with torch.no_grad():
+                z = vae.encode(x, chunk_size=chunk).mode()
+            sizes[t] = (_largest_inputs(vae, lambda: vae.encode(x, chunk_size=chunk)),
+                        _largest_inputs(vae, lambda: vae.decode(z, chunk_size=chunk)))
         if grows:
             assert sizes[65][0]["conv3d"] > sizes[33][0]["conv3d"] and sizes[65][1]["conv3d"] > sizes[33][1]["conv3d"]
         else:
