@@ -274,3 +274,54 @@ def test_a_model_built_from_a_motion_checkpoint_loads_without_it(tmp_path, clip)
     assert back.fingerprint() == vae.fingerprint()
     with torch.no_grad():
         assert torch.equal(back.decode(back.encode(clip).mode()), vae.decode(vae.encode(clip).mode()))
+
+
+def _frames_seen(module, fn):
+    """The number of frames (time axis) of every input ``module``'s forward received while ``fn`` ran."""
+    seen = []
+    handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[2]))
+    try:
+        with torch.no_grad():
+            fn()
+    finally:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("name", ["deco-tiny", "deco-compact-tiny"])
+def test_keyframe_encoder_and_static_decoder_side_run_once(clip, name):
+    """Eq. 7's X_k is x_0 repeated: E_k maps it to one latent frame repeated, so it runs on x_0 alone (once per
+    clip, also chunk by chunk); at the posterior mode z_k is static, so the decoder's layers before its first
+    temporal upsampler run on one latent frame. Both equal the old computation (E_k over all of X_k; the decoder
+    over every latent frame)."""
+    vae = tiny(name)
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        c_k = vae.config.component_channels[0]
+        old = vae.enc_k(vae.decouple(clip)["keyframe"])  # b 2c_k 5 h w: E_k on T (x) x_0
+        for chunk in (0, 4, 8):
+            post = vae.encode(clip, chunk_size=chunk)
+            torch.testing.assert_close(post.mean[:, :c_k], old[:, :c_k], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(post.logvar[:, :c_k], old[:, c_k:], atol=1e-5, rtol=1e-4)
+        z = post.mode()
+        assert vae.static_keyframe(z) and not vae.static_keyframe(z + 0.01 * torch.randn_like(z))
+        z_k = F.pad(z[:, :c_k], (0, 0, 0, 0, 0, 0, 0, vae.decoder.config.latent_channels - c_k))
+        torch.testing.assert_close(vae.decoder(z_k, static=True), vae.decoder(z_k), atol=1e-5, rtol=1e-4)
+        whole = vae.decode(z, chunk_size=0)
+        comps = vae.decode_components(z, static_keyframe=False)  # the old path
+        reference = vae.recouple(vae._keyframe_means(comps["keyframe"]), comps["motion"], comps["residual"])
+        torch.testing.assert_close(whole, reference, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(vae.decode(z), reference, atol=5e-5, rtol=1e-4)
+    assert _frames_seen(vae.enc_k.conv_in, lambda: vae.encode(clip, chunk_size=4)) == [1]  # once, for 17 frames
+    assert _frames_seen(vae.decoder.conv_in, lambda: vae.decode(z, chunk_size=0)) == [1, 5, 5]  # k once; m, r
+
+
+def test_several_keyframes_encode_x_k_in_full(clip):
+    """With several groups of pictures a later group's latent frames also see the earlier keyframe through E_k's
+    causal convs, so E_k runs on all of X_k (no broadcast) and chunked still equals whole."""
+    vae = tiny(gop=8)
+    with torch.no_grad():
+        old = vae.enc_k(vae.decouple(clip)["keyframe"])
+        torch.testing.assert_close(vae.encode(clip, chunk_size=0).mean[:, :16], old[:, :16], atol=1e-5, rtol=1e-4)
+    assert sum(_frames_seen(vae.enc_k.conv_in, lambda: vae.encode(clip, chunk_size=4))) == 17

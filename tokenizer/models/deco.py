@@ -303,6 +303,8 @@ class DeCoVAE(VideoVAE):
         """Whether z_k is one latent frame repeated over the clip, as the posterior mode of a one-keyframe clip is."""
         if self.config.decoupling != "dedicated":
             return False
+        if z.is_meta:  # no values (FLOP counting): assume the posterior mode, static iff the clip has one keyframe
+            return self.keyframe_index(self.num_frames(z.shape[2]) - 1) == 0
         z_k = self.split_latent(z)[0]
         return bool(torch.equal(z_k, z_k[:, :, :1].expand_as(z_k)))
 
@@ -361,13 +363,18 @@ class DeCoVAE(VideoVAE):
             raise ValueError(f"{self.name}: chunk_size must be >= 1 latent frame, got {chunk_size}")
         chunks = frame_chunks(z.shape[2], chunk_size, lone_first=True)
         caches, sums, counts, static = {}, {}, {}, self.static_keyframe(z)
+        # concat: one decoder pass gives all three components, so pass 1 keeps motion and residual (2x the output)
+        # instead of running the decoder twice
+        first = ("keyframe",) if self.config.decoupling == "dedicated" else COMPONENTS
+        kept = []
         for sl in chunks:  # pass 1: the keyframe stream -> x_hat_0 of every group
-            k = self.decode_components(z[:, :, sl], ("keyframe",), caches, static)["keyframe"]
-            self._keyframe_sums(k, self._latent_start(sl.start), sums, counts)
+            comps = self.decode_components(z[:, :, sl], first, caches, static)
+            self._keyframe_sums(comps.pop("keyframe"), self._latent_start(sl.start), sums, counts)
+            kept.append(comps)
         keyframe_hat = {k: sums[k] / counts[k] for k in sums}
         caches, out = {}, []
-        for sl in chunks:  # pass 2: motion and residual, recoupled as they come
-            comps = self.decode_components(z[:, :, sl], ("motion", "residual"), caches)
+        for sl, comps in zip(chunks, kept):  # pass 2: motion and residual, recoupled as they come
+            comps = comps or self.decode_components(z[:, :, sl], ("motion", "residual"), caches)
             out.append(self.recouple(keyframe_hat, comps["motion"], comps["residual"], self._latent_start(sl.start)))
         return torch.cat(out, dim=2)
 
