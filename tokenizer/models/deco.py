@@ -343,8 +343,9 @@ class DeCoVAE(VideoVAE):
 
         ``chunk_size`` (latent frames; default with ``gop`` set: one group, otherwise one latent frame without
         gradients and the whole latent with them; 0: the whole latent): decode chunk by chunk through the
-        causal cache, in two passes -- the keyframe stream first (only its per-group time averages are kept), then
-        motion and residual, recoupled chunk by chunk -- so memory stays bounded; equal to the whole decode.
+        causal cache, one stream at a time -- the keyframe stream first (only its per-group time averages are kept),
+        then motion, then residual (their decoded 3-channel videos are kept), recoupled at the end -- so only one
+        stream's causal caches are alive at any time; equal to the whole decode.
         """
         if chunk_size is None and self.config.gop is not None and self.config.decoupling != "none":
             chunk_size = self.config.gop // self.compression[0]
@@ -372,10 +373,12 @@ class DeCoVAE(VideoVAE):
             self._keyframe_sums(comps.pop("keyframe"), self._latent_start(sl.start), sums, counts)
             kept.append(comps)
         keyframe_hat = {k: sums[k] / counts[k] for k in sums}
-        caches, out = {}, []
-        for sl, comps in zip(chunks, kept):  # pass 2: motion and residual, recoupled as they come
-            comps = comps or self.decode_components(z[:, :, sl], ("motion", "residual"), caches)
-            out.append(self.recouple(keyframe_hat, comps["motion"], comps["residual"], self._latent_start(sl.start)))
+        for stream in ("motion", "residual") if self.config.decoupling == "dedicated" else ():
+            caches = {}  # one stream's causal caches alive at a time; its decoded output (3 channels) is kept
+            for sl, comps in zip(chunks, kept):  # pass 2: motion, pass 3: residual
+                comps[stream] = self.decode_components(z[:, :, sl], (stream,), caches)[stream]
+        out = [self.recouple(keyframe_hat, comps["motion"], comps["residual"], self._latent_start(sl.start))
+               for sl, comps in zip(chunks, kept)]
         return torch.cat(out, dim=2)
 
     # ------------------------------------------------------------------------------- components, for training
