@@ -16,11 +16,18 @@ memory does not hide another's):
 - time: wall-clock seconds of encode and of decode, best of ``--repeat`` (after ``--warmup`` untimed passes);
 - memory: the process's peak resident set size (``ru_maxrss``: weights + activations + the Python/torch baseline)
   and its growth during encode + decode (peak RSS after minus peak RSS before the first pass);
-- the machine's 1-minute load average when the model finished (on a shared machine other jobs slow it down);
+- the machine's 1-minute load average when the model finished (on a shared machine other jobs slow it down), and
+  the CPU seconds the process spent in encode + decode (all threads; far less disturbed by other jobs than the
+  wall clock);
+- the first peer named is measured first, then the toolkit's VAEs, then the other peers (a run cut short still
+  has its reference: ``--peers wan cogvideox``);
 - ``--gop N``: DeCo-VAE presets take a keyframe every N frames and run group by group (bounded memory on long
   clips);
-- ``--chunk ENC DEC``: the toolkit's VAEs encode ``ENC`` frames and decode ``DEC`` latent frames at a time
-  through their causal caches (the result equals the whole-clip one), the bounded-memory mode; peers unchanged;
+- chunking: without gradients the toolkit's VAEs encode and decode one latent frame at a time through their
+  causal caches by default (the result equals the whole-clip one); ``--chunk ENC DEC`` sets ``ENC`` frames and
+  ``DEC`` latent frames instead, ``--chunk 0 0`` the whole clip at once; peers unchanged;
+- ``--device cuda``: time with CUDA synchronisation, memory = ``torch.cuda.max_memory_allocated`` (peak) and its
+  growth over the allocation before the first pass (weights), instead of the process's RSS;
 - FLOPs: counted by ``torch.utils.flop_counter`` on the meta device at the same shape (convs and matmuls);
   ``--count-only`` prints parameters and FLOPs alone, without running anything. A model that cannot run on the
   meta device is counted on CPU at 64 x 64 and scaled by the pixel count (marked ≈; exact for convolutions).
@@ -95,24 +102,35 @@ def count(spec: str, frames: int, size: int) -> dict:
 
 
 def measure(spec: str, frames: int, size: int, repeat: int, warmup: int, chunk: tuple[int, int] | None = None,
-            gop: int | None = None) -> dict:
+            gop: int | None = None, device: str = "cpu") -> dict:
     """Run in the child process: time, memory and FLOPs of one model on one clip."""
     model, encode, decode, rule, compression, latent_channels = _build(spec, chunk=chunk, gop=gop)
     t = frames + 1 if rule == "causal" else frames
     clip = torch.rand(1, 3, t, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    rss_before = _peak_rss_mib()
-    enc_times, dec_times = [], []
+    cuda = device.startswith("cuda")
+    if cuda:
+        model.to(device)
+        clip = clip.to(device)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    rss_before = torch.cuda.memory_allocated() / 2**20 if cuda else _peak_rss_mib()
+    enc_times, dec_times, cpu_times = [], [], []
     with torch.inference_mode():
         for i in range(warmup + repeat):
-            start = time.perf_counter()
+            sync()
+            start, cpu_start = time.perf_counter(), time.process_time()
             z = encode(clip)
+            sync()
             mid = time.perf_counter()
             out = decode(z)
-            end = time.perf_counter()
+            sync()
+            end, cpu_end = time.perf_counter(), time.process_time()
             if i >= warmup:
                 enc_times.append(mid - start)
                 dec_times.append(end - mid)
-    rss_after = _peak_rss_mib()
+                cpu_times.append(cpu_end - cpu_start)
+    rss_after = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mib()
     load = os.getloadavg()[0]  # 1-minute load average at the end: other jobs on this machine skew the times
     assert out.shape == clip.shape, (spec, tuple(out.shape), tuple(clip.shape))
     del model, z, out
@@ -121,7 +139,9 @@ def measure(spec: str, frames: int, size: int, repeat: int, warmup: int, chunk: 
     if gop and spec.startswith("vae:deco"):
         chunked["gop"] = gop
     return {**count(spec, frames, size), **chunked, "encode_s": enc_times[best], "decode_s": dec_times[best],
-            "peak_rss_mib": rss_after, "rss_growth_mib": rss_after - rss_before, "load": load}
+            "peak_rss_mib": rss_after, "rss_growth_mib": rss_after - rss_before, "load": load,
+            "cpu_s": cpu_times[best],
+            "device": torch.cuda.get_device_name() if cuda else "cpu"}
 
 
 def default_vaes() -> list[str]:
@@ -131,21 +151,27 @@ def default_vaes() -> list[str]:
 
 
 def table(rows: list[dict]) -> str:
+    gpu = any(r.get("device", "cpu") != "cpu" for r in rows)
+    memory = "peak CUDA allocated (MiB) | growth (MiB)" if gpu else "peak RSS (MiB) | RSS growth (MiB)"
     lines = ["| model | compression / channels | clip | params (M) | TFLOPs | encode (s) | decode (s) | "
-             "encode + decode (s) | peak RSS (MiB) | RSS growth (MiB) | load avg |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"encode + decode (s) | {memory} | load avg | CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         name = f"{r['model']} (diffusers peer)" if r["peer"] else f"`{r['model']}`"
-        if r.get("chunk"):
+        if r.get("chunk") == [0, 0]:
+            name += " (whole clip at once)"
+        elif r.get("chunk"):
             name += f" (chunks: encode {r['chunk'][0]} frames, decode {r['chunk'][1]} latent)"
         if r.get("gop"):
             name += f" (gop {r['gop']}: group by group)"
         if "error" in r:
-            lines.append(f"| {name} | | | | | failed: {r['error']} | | | | | |")
+            lines.append(f"| {name} | | | | | failed: {r['error']} | | | | | | |")
             continue
-        timed = (f"{r['encode_s']:.1f} | {r['decode_s']:.1f} | {r['encode_s'] + r['decode_s']:.1f} | "
-                 f"{r['peak_rss_mib']:.0f} | {r['rss_growth_mib']:.0f} | {r.get('load', float('nan')):.1f}") \
-            if "encode_s" in r else "- | - | - | - | - | -"
+        digits = 3 if gpu else 1
+        timed = (f"{r['encode_s']:.{digits}f} | {r['decode_s']:.{digits}f} | "
+                 f"{r['encode_s'] + r['decode_s']:.{digits}f} | "
+                 f"{r['peak_rss_mib']:.0f} | {r['rss_growth_mib']:.0f} | {r.get('load', float('nan')):.1f} | "
+                 f"{r.get('cpu_s', float('nan')):.0f}") if "encode_s" in r else "- | - | - | - | - | - | -"
         lines.append(f"| {name} | {r['compression']} / {r['latent_channels']} | {r['frames']}x{r['size']}x{r['size']} "
                      f"| {r['params_M']:.1f} | {'≈' if r['flops_approx'] else ''}{r['tflops']:.2f} | {timed} |")
     return "\n".join(lines)
@@ -163,7 +189,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--chunk", nargs=2, type=int, metavar=("ENC", "DEC"), default=None,
                         help="the toolkit's VAEs encode ENC frames and decode DEC latent frames at a time (causal "
-                             "cache, results equal to the whole clip); the peers are unchanged")
+                             "cache, results equal to the whole clip; default: one latent frame; 0 0: the whole clip "
+                             "at once); the peers are unchanged")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--gop", type=int, default=None,
                         help="DeCo-VAE presets: a keyframe every GOP frames, encoded and decoded group by group")
     parser.add_argument("--json", default=None, help="also write the rows here (pipelines.report reads them)")
@@ -174,12 +202,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.child:  # one measurement, JSON on the last line of stdout
         print(json.dumps(measure(args.child, args.frames, args.size, args.repeat, args.warmup,
-                                 tuple(args.chunk) if args.chunk else None, args.gop)))
+                                 tuple(args.chunk) if args.chunk else None, args.gop, args.device)))
         return
     if args.size % 8 or args.frames % 8 or args.repeat < 1:
         parser.error("--size and --frames must be multiples of 8 (8x8x8 presets), --repeat >= 1")
     vaes = default_vaes() if args.vae is None else args.vae
-    specs = [f"vae:{n}" for n in vaes] + [f"peer:{p}" for p in args.peers]
+    peers = [f"peer:{p}" for p in args.peers]
+    specs = peers[:1] + [f"vae:{n}" for n in vaes] + peers[1:]  # the reference first
     print(f"# models: {', '.join(specs)}; clip {args.frames}(+1)x{args.size}x{args.size}; threads "
           f"{args.threads or torch.get_num_threads()}", flush=True)
     rows = []
@@ -195,6 +224,8 @@ def main() -> None:
             cmd += ["--chunk", *map(str, args.chunk)]
         if args.gop:
             cmd += ["--gop", str(args.gop)]
+        if args.device != "cpu":
+            cmd += ["--device", args.device]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             rows.append({"model": spec.split(":", 1)[1], "peer": spec.startswith("peer:"),
@@ -204,12 +235,13 @@ def main() -> None:
         print(f"# {spec}: {rows[-1]}", flush=True)
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") and torch.cuda.is_available() else None
     print(f"\nMachine: {cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), CPU only. Date: {datetime.date.today()}.")
+          f"({torch.get_num_threads()} threads), {gpu or 'CPU only'}. Date: {datetime.date.today()}.")
     print("Command: `python " + " ".join([Path(__file__).relative_to(Path.cwd()).as_posix()
                                           if Path(__file__).is_relative_to(Path.cwd()) else __file__]
                                          + sys.argv[1:]) + "`\n")
-    print(table(rows))
+    print(table(sorted(rows, key=lambda r: r["peer"])))  # the toolkit's VAEs first, as before
     if args.json:
         from tokenizer.io import write_json
 

@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tokenizer import build_vae
 from tokenizer.modules import (CausalConv3d, FrameAttention, FrameCache, FrameGroupNorm, GroupCausalConv3d,
-                               TemporalDownsample, TemporalUpsample)
+                               GroupOfOneConv3d, TemporalDownsample, TemporalUpsample)
 from tokenizer.modules import conv as conv_mod
 
 
@@ -133,3 +134,58 @@ def test_chunked_equals_whole_per_module(make, chunks):
         parts.append(module(x[:, :, start:start + n], cache))
         start += n
     torch.testing.assert_close(torch.cat(parts, dim=2), whole, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vcvae-tiny", "plain-tiny"])
+def test_cache_entries_own_exactly_the_frames_they_keep(name):
+    """After every chunk each cache entry is a tensor of its own (not a view keeping a whole chunk input alive),
+    holding at most the frames the next chunk needs: k_t - 1 (causal), k_t // 2 (group causal), < k_t (strided)."""
+    torch.manual_seed(0)
+    vae = build_vae(name).eval()
+    t_c = vae.compression[0]
+    x = torch.rand(1, 3, 3 * t_c + (vae.frame_rule == "causal"), 16, 16) * 2 - 1
+    temporal = {id(m): m for m in vae.modules() if isinstance(m, (CausalConv3d, GroupCausalConv3d))}
+    for coder, chunks in ((vae.encoder, [x[:, :, :t_c + 1], x[:, :, t_c + 1:]] if vae.frame_rule == "causal"
+                          else list(x.split(t_c, dim=2))), (vae.decoder, list(torch.randn(1, 16, 4, 2, 2).unbind(2)))):
+        cache = FrameCache()
+        for chunk in chunks:
+            with torch.no_grad():
+                coder(chunk if chunk.ndim == 5 else chunk[:, :, None], cache)
+            entries = [(temporal[k], f) for k, f in cache._frames.items()]
+            assert len(entries) > 5
+            for module, frames in entries:
+                assert frames.untyped_storage().nbytes() == frames.numel() * frames.element_size()
+                assert frames.shape[2] <= (module.pad if isinstance(module, GroupCausalConv3d) else module.k_t - 1)
+            assert cache.nbytes() == sum(f.numel() * f.element_size() for _, f in entries)
+
+
+@pytest.mark.parametrize("tdc", [False, True])
+@pytest.mark.parametrize("lone_first", [False, True])
+@pytest.mark.parametrize("c_in", [3, 20])
+def test_group_of_one_is_the_group_causal_conv_without_its_dead_tap(tdc, lone_first, c_in):
+    """A group causal conv over groups of one frame, its weights converted (zero taps folded into the TDC anchor),
+    is the causal k_t = 2 conv: same outputs, whole clip and chunk by chunk, and 2/3 of the kernel."""
+    old = _rand(GroupCausalConv3d(c_in, 4, 1, 3, tdc=tdc, lone_first=lone_first))
+    new = GroupOfOneConv3d(c_in, 4, 3, tdc=tdc)
+    new.load_state_dict(old.state_dict())  # the old k_t = 3 kernel, converted on load
+    assert new.weight.shape[2] == 2 and new.anchor == 1
+    x = torch.randn(2, c_in, 7, 5, 5)
+    torch.testing.assert_close(new(x), old(x), atol=1e-4, rtol=1e-4)
+    cache, parts = FrameCache(), []
+    for part in x.split([3, 1, 3], dim=2):
+        parts.append(new(part, cache))
+    torch.testing.assert_close(torch.cat(parts, dim=2), old(x), atol=1e-4, rtol=1e-4)
+
+
+def test_static_clip_changes_at_group_ends_under_tdc_with_zero_back_pad():
+    """README: with IV-VAE's zero back pad, TDC's future tap at the last frame of a group computes W_f * (0 - X_t),
+    so a static clip is not static at group ends; inside a group it is, and with zero future taps (inflation) too."""
+    conv = _rand(GroupCausalConv3d(3, 4, 4, tdc=True))
+    x = torch.randn(1, 3, 1, 5, 5).expand(-1, -1, 8, -1, -1)
+    with torch.no_grad():
+        y = conv(x)
+        dev = (y - y[:, :, :1]).abs().amax(dim=(0, 1, 3, 4))
+        assert dev[[0, 1, 2, 4, 5, 6]].max() < 1e-5 and dev[[3, 7]].min() > 1e-1
+        conv.weight[:, :, 2] = 0  # future taps zero, as after inflating an image VAE
+        y = conv(x)
+    assert (y - y[:, :, :1]).abs().max() < 1e-5

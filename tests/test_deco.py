@@ -91,7 +91,8 @@ def test_decode_is_recoupling_of_decoded_components(clip):
     vae = tiny()
     with torch.no_grad():
         c = vae.decoupled_components(clip)
-        torch.testing.assert_close(c["reconstruction"], vae.decode(vae.encode(clip).mode()), atol=1e-5, rtol=0)
+        whole = vae.decode(vae.encode(clip, chunk_size=0).mode(), chunk_size=0)  # 0: the whole clip at once
+        torch.testing.assert_close(c["reconstruction"], whole, atol=1e-5, rtol=0)
         x0_hat = c["keyframe_hat"].mean(dim=2)  # eq. 8: the decoded keyframe video averaged over time
         expected = vae.motion.warp(x0_hat, c["motion_hat"]) + c["residual_hat"]
         torch.testing.assert_close(c["reconstruction"], expected, atol=1e-5, rtol=0)
@@ -148,7 +149,7 @@ def test_chunked_and_group_by_group_equal_whole_clip(clip, name, gop):
         ref = vae.decode(z, chunk_size=5)  # one chunk
         for chunk in (1, 2):
             torch.testing.assert_close(vae.decode(z, chunk_size=chunk), ref, atol=5e-5, rtol=1e-4)
-        # the default: group by group with a gop, the whole clip without
+        # the default without gradients: group by group with a gop, one latent frame at a time without
         torch.testing.assert_close(vae.encode(clip).mean, whole.mean, atol=1e-5, rtol=0)
         torch.testing.assert_close(vae.decode(z), ref, atol=5e-5, rtol=1e-4)
 
@@ -186,18 +187,20 @@ def _largest_inputs(vae, fn) -> dict[str, int]:
 
 
 def test_group_by_group_work_does_not_grow_with_the_clip(clip):
-    """gop=8: encode and decode hand every convolution the same number of frames for a 33- and a 65-frame clip
-    (bounded memory); with one keyframe for the whole clip (the paper) it grows with the clip."""
+    """gop=8, and the default without gradients (one latent frame at a time): encode and decode hand every
+    convolution the same number of frames for a 33- and a 65-frame clip (bounded memory); the whole clip at once
+    (``chunk_size=0``, one keyframe as in the paper) grows with the clip."""
     more = torch.cat([clip[:, :, 1:], clip.flip(2)[:, :, 1:]], dim=2)  # 32 more real frames
     clips = {33: torch.cat([clip, clip.flip(2)[:, :, 1:]], dim=2), 65: torch.cat([clip, clip.flip(2)[:, :, 1:], more],
                                                                                dim=2)}
-    for gop, grows in ((8, False), (None, True)):
+    for gop, chunk, grows in ((8, None, False), (None, None, False), (None, 0, True)):
         vae = tiny(gop=gop)
         sizes = {}
         for t, x in clips.items():
-            z = vae.encode(x).mode() if gop else None
-            sizes[t] = (_largest_inputs(vae, lambda: vae.encode(x)),
-                        _largest_inputs(vae, lambda: vae.decode(z if z is not None else vae.encode(x).mode())))
+            with torch.no_grad():
+                z = vae.encode(x, chunk_size=chunk).mode()
+            sizes[t] = (_largest_inputs(vae, lambda: vae.encode(x, chunk_size=chunk)),
+                        _largest_inputs(vae, lambda: vae.decode(z, chunk_size=chunk)))
         if grows:
             assert sizes[65][0]["conv3d"] > sizes[33][0]["conv3d"] and sizes[65][1]["conv3d"] > sizes[33][1]["conv3d"]
         else:
@@ -295,3 +298,54 @@ def test_a_model_built_from_a_motion_checkpoint_loads_without_it(tmp_path, clip)
     assert back.fingerprint() == vae.fingerprint()
     with torch.no_grad():
         assert torch.equal(back.decode(back.encode(clip).mode()), vae.decode(vae.encode(clip).mode()))
+
+
+def _frames_seen(module, fn):
+    """The number of frames (time axis) of every input ``module``'s forward received while ``fn`` ran."""
+    seen = []
+    handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[2]))
+    try:
+        with torch.no_grad():
+            fn()
+    finally:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("name", ["deco-tiny", "deco-compact-tiny"])
+def test_keyframe_encoder_and_static_decoder_side_run_once(clip, name):
+    """Eq. 7's X_k is x_0 repeated: E_k maps it to one latent frame repeated, so it runs on x_0 alone (once per
+    clip, also chunk by chunk); at the posterior mode z_k is static, so the decoder's layers before its first
+    temporal upsampler run on one latent frame. Both equal the old computation (E_k over all of X_k; the decoder
+    over every latent frame)."""
+    vae = tiny(name)
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        c_k = vae.config.component_channels[0]
+        old = vae.enc_k(vae.decouple(clip)["keyframe"])  # b 2c_k 5 h w: E_k on T (x) x_0
+        for chunk in (0, 4, 8):
+            post = vae.encode(clip, chunk_size=chunk)
+            torch.testing.assert_close(post.mean[:, :c_k], old[:, :c_k], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(post.logvar[:, :c_k], old[:, c_k:], atol=1e-5, rtol=1e-4)
+        z = post.mode()
+        assert vae.static_keyframe(z) and not vae.static_keyframe(z + 0.01 * torch.randn_like(z))
+        z_k = F.pad(z[:, :c_k], (0, 0, 0, 0, 0, 0, 0, vae.decoder.config.latent_channels - c_k))
+        torch.testing.assert_close(vae.decoder(z_k, static=True), vae.decoder(z_k), atol=1e-5, rtol=1e-4)
+        whole = vae.decode(z, chunk_size=0)
+        comps = vae.decode_components(z, static_keyframe=False)  # the old path
+        reference = vae.recouple(vae._keyframe_means(comps["keyframe"]), comps["motion"], comps["residual"])
+        torch.testing.assert_close(whole, reference, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(vae.decode(z), reference, atol=5e-5, rtol=1e-4)
+    assert _frames_seen(vae.enc_k.conv_in, lambda: vae.encode(clip, chunk_size=4)) == [1]  # once, for 17 frames
+    assert _frames_seen(vae.decoder.conv_in, lambda: vae.decode(z, chunk_size=0)) == [1, 5, 5]  # k once; m, r
+
+
+def test_several_keyframes_encode_x_k_in_full(clip):
+    """With several groups of pictures a later group's latent frames also see the earlier keyframe through E_k's
+    causal convs, so E_k runs on all of X_k (no broadcast) and chunked still equals whole."""
+    vae = tiny(gop=8)
+    with torch.no_grad():
+        old = vae.enc_k(vae.decouple(clip)["keyframe"])
+        torch.testing.assert_close(vae.encode(clip, chunk_size=0).mean[:, :16], old[:, :16], atol=1e-5, rtol=1e-4)
+    assert sum(_frames_seen(vae.enc_k.conv_in, lambda: vae.encode(clip, chunk_size=4))) == 17

@@ -50,14 +50,20 @@ def test_chunked_equals_whole_clip(key, real_clip):
     clip = real_clip[:, :, :VARIANTS[key][2]]
     t_c = model.compression[0]
     with torch.no_grad():
-        whole = model.encode(clip)
+        whole = model.encode(clip, chunk_size=0)  # 0: the whole clip at once
         chunked = model.encode(clip, chunk_size=t_c)  # the smallest chunk: one latent frame
         _assert_same(chunked.mean, whole.mean)
         _assert_same(chunked.logvar, whole.logvar)
+        assert torch.equal(model.encode(clip).mean, chunked.mean)  # without gradients the default is chunked
         z = whole.mode()
-        video = model.decode(z)
+        video = model.decode(z, chunk_size=0)
         _assert_same(model.decode(z, chunk_size=1), video)
         _assert_same(model.decode(z, chunk_size=3), video)
+        assert torch.equal(model.decode(z), model.decode(z, chunk_size=1))
+    with torch.enable_grad():  # with gradients (training) the default is the whole clip
+        short = clip[:, :, :model.num_frames(2)]
+        assert torch.equal(model.encode(short).mean.detach(), model.encode(short, chunk_size=0).mean.detach())
+    with torch.no_grad():
         if model.frame_rule == "in_sequence":  # control: a chunk without the cache is far off, so the check has teeth
             alone = model.encode(clip[:, :, t_c:2 * t_c]).mean[:, :, 0]
             assert (alone - whole.mean[:, :, 1]).abs().max() > 1e-2
@@ -107,6 +113,16 @@ def test_latent_is_causal(key, last_frame_of_latent, real_clip):
     j = 3
     first_frame_of_latent = 4 * j if model.frame_rule == "in_sequence" else 4 * j - 3
     assert min(_changed(model.decode, z, j)) == first_frame_of_latent
+
+
+@pytest.mark.parametrize("key,mixes", [("vcvae-tiny", True), ("vcvae-tiny-separate", False)])
+def test_first_frame_sees_its_group_only_in_sequence(key, mixes, real_clip):
+    """In-sequence groups (VC-VAE): frames 0-3 form one group, so input frame 1 reaches output frame 0; with a
+    separate first frame it is a group of its own and nothing after it reaches it."""
+    model = _build(key)
+    clip = real_clip[:, :, :VARIANTS[key][2]][..., :32, :32]
+    changed = _changed(lambda v: model.decode(model.encode(v).mode()), clip, 1)
+    assert (0 in changed) == mixes and 1 in changed
 
 
 @pytest.mark.parametrize("key", ["plain-tiny", "vcvae-tiny-separate"])

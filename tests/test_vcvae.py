@@ -7,9 +7,10 @@ from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from safetensors.torch import save_file
 
-from tokenizer import build_vae
+from tokenizer import build_vae, load_vae
 from tokenizer.inflate import ImageVAEError, ldm_to_diffusers
-from tokenizer.modules import GroupCausalConv3d
+from tokenizer.modules import GroupCausalConv3d, GroupOfOneConv3d
+from tokenizer.modules import conv as conv_mod
 
 BLOCKS = (8, 16, 16, 16)  # the tiny presets' widths; 4 levels like Flux
 
@@ -162,3 +163,53 @@ def test_inflated_model_round_trip(image_vae_dir, tmp_path):
 def test_plain_refuses_init_from(image_vae_dir):
     with pytest.raises(ValueError, match="cannot be initialised from an image VAE"):
         build_vae("plain-tiny", init_from=image_vae_dir[0])
+
+
+def _group_sizes(coder):
+    """{module name: group size} of the temporal convs built from a group-causal ConvSpec (1 = GroupOfOneConv3d)."""
+    return {n: 1 if isinstance(m, GroupOfOneConv3d) else m.group_size if m.group_size > 1 else "dead future tap"
+            for n, m in coder.named_modules() if isinstance(m, (GroupCausalConv3d, GroupOfOneConv3d))}
+
+
+@pytest.mark.parametrize("name,sizes", [("vcvae-tiny", (4, 2, 1, 1)), ("vcvae-8x-tiny", (8, 4, 2, 1))])
+def test_group_sizes_per_level(name, sizes):
+    """A group holds the frames of one latent frame: 4 / 2 / 1 / 1 (8 / 4 / 2 / 1 at 8x) from the top level down;
+    groups of one frame are causal k_t = 2 convs (no tap that only sees the zero pad)."""
+    model = build_vae(name)
+    enc, dec = _group_sizes(model.encoder), _group_sizes(model.decoder)
+    for level, g in enumerate(sizes):
+        found = {v for k, v in enc.items() if k.startswith(f"down_blocks.{level}.")} | \
+                {v for k, v in dec.items() if k.startswith(f"up_blocks.{len(sizes) - 1 - level}.")}
+        assert found == {g}, (level, found)
+    assert enc["conv_in"] == dec["conv_out"] == sizes[0]
+    latent_side = [v for k, v in {**enc, **{"d." + k: v for k, v in dec.items()}}.items()
+                   if k.startswith(("mid_block", "conv_out", "d.mid_block", "d.conv_in"))]
+    assert latent_side and set(latent_side) == {1}
+    for m in model.modules():
+        if isinstance(m, GroupOfOneConv3d):
+            assert m.k_t == 2 and m.anchor == 1
+
+
+def test_old_layout_checkpoint_loads_with_equal_outputs(monkeypatch, tmp_path, real_frame):
+    """A checkpoint saved when groups of one frame were k_t = 3 group causal convs loads into the new layout
+    (zero taps dropped, TDC's folded into the anchor) and gives the same latents and videos, with 2/3 of those
+    convs' parameters."""
+    monkeypatch.setattr(conv_mod, "LEAN_GROUPS_OF_ONE", False)
+    torch.manual_seed(0)
+    old = build_vae("vcvae-tiny").eval()
+    with torch.no_grad():
+        for p in old.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    old.save_pretrained(tmp_path / "old")
+    monkeypatch.setattr(conv_mod, "LEAN_GROUPS_OF_ONE", True)
+    new = load_vae(tmp_path / "old")
+    assert not any(isinstance(m, GroupOfOneConv3d) for m in old.modules())
+    ones = [m for m in new.modules() if isinstance(m, GroupOfOneConv3d)]
+    assert ones and sum(p.numel() for p in old.parameters()) - sum(p.numel() for p in new.parameters()) == \
+        sum(m.weight.numel() // 2 for m in ones)
+    torch.manual_seed(1)
+    clip = (real_frame[:, :, None] + 0.2 * torch.randn(1, 3, 8, 32, 48)).clamp(-1, 1)  # a moving clip
+    with torch.no_grad():
+        a, b = old.encode(clip, chunk_size=0), new.encode(clip, chunk_size=0)
+        torch.testing.assert_close(b.mean, a.mean, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(new.decode(a.mean), old.decode(a.mean), atol=1e-5, rtol=1e-4)

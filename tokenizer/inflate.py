@@ -12,7 +12,8 @@ Key mapping: LDM names are converted to diffusers names (the same map as diffuse
 
 - every 3x3 kernel goes to the anchor tap of its temporal kernel, the other taps zero: tail initialisation for
   causal convs (the current frame), centre initialisation for group causal convs (Chen et al. 2024;
-  Carreira & Zisserman 2017); with TDC this anchor tap is ``W_a`` and the transformed kernel equals it too;
+  Carreira & Zisserman 2017), the current tap for groups of one frame (``GroupOfOneConv3d``, k_t = 2: the centre of
+  the k_t = 3 group kernel it replaces); with TDC this anchor tap is ``W_a`` and the transformed kernel equals it;
 - the temporal samplers, which the image VAE lacks, start as keyframe selection / broadcast (eqs. 3, 4);
 - a wider latent (VC-VAE 8x8x8, 32 channels) takes the image VAE's channels first and zeros for the rest, in
   ``encoder.conv_out`` (mean and log-variance halves separately) and ``decoder.conv_in``.

@@ -17,7 +17,9 @@ frames that end up in one latent frame (4 / 2 / 1 at 4x temporal compression, 8 
 frame is a group of its own and maps alone to the first latent frame.
 
 Chunked inference: ``encode(video, chunk_size)`` / ``decode(z, chunk_size)`` run the clip chunk by chunk with a
-:class:`~tokenizer.modules.FrameCache` and give the whole-clip result (to float32 rounding).
+:class:`~tokenizer.modules.FrameCache` and give the whole-clip result (to float32 rounding). Without gradients
+(inference, latent caching, evaluation) the default is one latent frame at a time; ``chunk_size=0`` asks for the
+whole clip at once.
 """
 from __future__ import annotations
 
@@ -142,10 +144,16 @@ class UpBlock3D(nn.Module):
             if temporal else None
         self.upsamplers = nn.ModuleList([SpatialUpsample(out_ch)]) if spatial else None
 
-    def forward(self, x: torch.Tensor, cache: FrameCache | None = None) -> torch.Tensor:
-        """x: (b c_in t h w) -> (b c_out t' h' w')."""
+    def forward(self, x: torch.Tensor, cache: FrameCache | None = None, repeat: int | None = None) -> torch.Tensor:
+        """x: (b c_in t h w) -> (b c_out t' h' w').
+
+        ``repeat``: ``x`` is one frame standing for ``repeat`` identical ones (a static latent, see
+        :meth:`Decoder3D.forward`); the resnets run on it once, then it is repeated for the temporal upsampler.
+        """
         for resnet in self.resnets:
-            x = resnet(x, cache)
+            x = resnet(x, None if repeat else cache)
+        if repeat:
+            x = x.expand(-1, -1, repeat, -1, -1)
         if self.time_upsampler is not None:
             x = self.time_upsampler(x, cache)
         if self.upsamplers is not None:
@@ -206,12 +214,29 @@ class Decoder3D(nn.Module):
         self.conv_norm_out = FrameGroupNorm(cfg.norm_num_groups, rev[-1], eps=cfg.norm_eps)
         self.conv_out = cfg.conv_spec(0).make(rev[-1], cfg.out_channels)
 
-    def forward(self, z: torch.Tensor, cache: FrameCache | None = None) -> torch.Tensor:
-        """z: (b latent t' h' w') -> (b c t_c*t' s*h' s*w') (in-sequence; 1 + t_c (t' - 1) frames if separate)."""
-        x = self.conv_in(z, cache)
-        x = _run(self.mid_block, x, cache, self.gradient_checkpointing)
+    def forward(self, z: torch.Tensor, cache: FrameCache | None = None, static: bool = False) -> torch.Tensor:
+        """z: (b latent t' h' w') -> (b c t_c*t' s*h' s*w') (in-sequence; 1 + t_c (t' - 1) frames if separate).
+
+        ``static=True`` promises that every latent frame of ``z`` (and of the chunks before it) is the same frame.
+        Causal convs with per-frame norms and attention map identical frames to identical frames, so every layer
+        up to the first temporal upsampler runs on one frame, which is then repeated; from the upsampler on
+        (depth-to-time makes frames differ) the decoder runs as usual. Equal to the ordinary pass.
+        """
+        if not static:
+            x = self.conv_in(z, cache)
+            x = _run(self.mid_block, x, cache, self.gradient_checkpointing)
+            for block in self.up_blocks:
+                x = _run(block, x, cache, self.gradient_checkpointing)
+            return self.conv_out(F.silu(self.conv_norm_out(x)), cache)
+        t = z.shape[2]
+        x = self.mid_block(self.conv_in(z[:, :, :1]))  # b c 1 h w
         for block in self.up_blocks:
-            x = _run(block, x, cache, self.gradient_checkpointing)
+            if t and block.time_upsampler is not None:  # the first temporal upsampler: from here frames differ
+                x, t = block(x, cache, repeat=t), 0
+            else:
+                x = block(x, cache if not t else None)
+        if t:  # no temporal upsampler at all
+            x = x.expand(-1, -1, t, -1, -1)
         return self.conv_out(F.silu(self.conv_norm_out(x)), cache)
 
 
@@ -221,6 +246,15 @@ class Backbone3DVAEConfig(BackboneConfig):
 
     scaling_factor: float = 1.0  # diffusion trains on (z - shift_factor) * scaling_factor
     shift_factor: float = 0.0
+
+
+def resolve_chunk(chunk_size: int | None, one_latent_frame: int) -> int | None:
+    """The chunk length ``encode`` / ``decode`` use: ``None`` (default) = one latent frame at a time (``one_latent_frame``
+    frames, or 1 latent frame) when gradients are off (inference: equal to the whole clip, bounded memory) and the
+    whole clip when they are on (training); ``0`` = the whole clip always; anything else as given."""
+    if chunk_size is None:
+        return None if torch.is_grad_enabled() else one_latent_frame
+    return None if chunk_size == 0 else chunk_size
 
 
 def frame_chunks(num_frames: int, chunk: int, lone_first: bool) -> list[slice]:
@@ -249,9 +283,11 @@ class Backbone3DVAE(VideoVAE):
         """video (b c t h w) in [-1, 1] -> posterior over (b latent t' h/s w/s).
 
         ``chunk_size`` (frames, a multiple of the temporal compression): encode chunk by chunk with a causal
-        cache; equal to the whole-clip result. Causal clips put frame 0 in the first chunk as well.
+        cache; equal to the whole-clip result. Causal clips put frame 0 in the first chunk as well. Default: one
+        latent frame at a time without gradients, the whole clip with them; 0: the whole clip (:func:`resolve_chunk`).
         """
         self.check_video(video)
+        chunk_size = resolve_chunk(chunk_size, self.compression[0])
         if chunk_size is None:
             return DiagonalGaussian(self.encoder(video))
         t_c = self.compression[0]
@@ -263,10 +299,12 @@ class Backbone3DVAE(VideoVAE):
         return DiagonalGaussian(torch.cat(parts, dim=2))  # b 2*latent t' h' w'
 
     def decode(self, z: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
-        """z (b latent t' h' w') -> video (b c t h w); ``chunk_size`` in latent frames for chunked decoding."""
+        """z (b latent t' h' w') -> video (b c t h w); ``chunk_size`` in latent frames for chunked decoding
+        (default: 1 without gradients, the whole latent with them; 0: the whole latent)."""
         if z.ndim != 5 or z.shape[1] != self.latent_channels:
             raise ValueError(f"{self.name}: expected a latent (b, {self.latent_channels}, t, h, w), "
                              f"got {tuple(z.shape)}")
+        chunk_size = resolve_chunk(chunk_size, 1)
         if chunk_size is None:
             return self.decoder(z)
         if chunk_size < 1:

@@ -48,7 +48,7 @@ from ..distributions import DiagonalGaussian
 from ..modules import FrameCache
 from ..motion import MOTION_KINDS, MotionConfig, MotionModule, default_weights_path
 from ..registry import register_vae
-from .backbone import PLAIN_SIZES, TINY_SIZES, BackboneConfig, Decoder3D, Encoder3D, frame_chunks
+from .backbone import PLAIN_SIZES, TINY_SIZES, BackboneConfig, Decoder3D, Encoder3D, frame_chunks, resolve_chunk
 
 DECOUPLINGS = ("dedicated", "concat", "none")
 COMPONENTS = ("keyframe", "motion", "residual")
@@ -242,19 +242,35 @@ class DeCoVAE(VideoVAE):
 
     # ------------------------------------------------------------------------------------- encoders, eqs. 1-2
     def _encode_parts(self, video: torch.Tensor, cache: FrameCache | None, start: int,
-                      keyframes: dict) -> tuple[torch.Tensor, torch.Tensor]:
+                      keyframes: dict, one_key: bool, memo: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames ``start ..`` -> (mean, logvar) of [z_k | z_m | z_r], each (b latent t' h' w')."""
         if self.config.decoupling == "none":
             return _split_moments(self.encoder(video, cache))
-        return self._encode_components(self.decouple(video, start, keyframes), cache)
+        return self._encode_components(self.decouple(video, start, keyframes), cache, one_key, memo)
 
-    def _encode_components(self, comps: dict[str, torch.Tensor],
-                           cache: FrameCache | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 1 on X_k, X_m, X_r -> (mean, logvar) of [z_k | z_m | z_r]."""
+    def _encode_components(self, comps: dict[str, torch.Tensor], cache: FrameCache | None,
+                           one_keyframe: bool = False, memo: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 1 on X_k, X_m, X_r -> (mean, logvar) of [z_k | z_m | z_r].
+
+        ``one_keyframe``: every frame of the whole clip has the same keyframe x_0, so X_k = T (x) x_0 (eq. 7)
+        is one frame repeated. E_k is causal with per-frame norms and attention: every latent frame of it sees
+        copies of x_0 only and is the same frame; it is computed once, from x_0 alone, and repeated (equal to
+        encoding X_k, at 1/T of the work). Clips with several groups of pictures encode X_k in full (a later
+        group's latent frames also see the earlier keyframe through the causal convs). ``memo`` keeps that one
+        latent frame across the chunks of a chunked encode.
+        """
         if self.config.decoupling == "concat":
             x = torch.cat([comps[c] for c in COMPONENTS], dim=1)  # b 9 t h w
             return _split_moments(self.encoder(x, cache))
-        moments = [enc(comps[c], cache) for enc, c in zip((self.enc_k, self.enc_m, self.enc_r), COMPONENTS)]
+        moments = [enc(comps[c], cache) for enc, c in zip((self.enc_m, self.enc_r), COMPONENTS[1:])]
+        if one_keyframe:
+            memo = {} if memo is None else memo
+            if "keyframe" not in memo:
+                memo["keyframe"] = self.enc_k(comps["keyframe"][:, :, :1])  # b 2c_k 1 h' w'
+            key = memo["keyframe"]
+            moments.insert(0, key.expand(-1, -1, moments[0].shape[2], -1, -1))
+        else:
+            moments.insert(0, self.enc_k(comps["keyframe"], cache))
         means, logvars = zip(*[_split_moments(m) for m in moments])
         return torch.cat(means, dim=1), torch.cat(logvars, dim=1)  # [k | m | r] along channels
 
@@ -262,19 +278,22 @@ class DeCoVAE(VideoVAE):
         """video (b 3 1+4k h w) in [-1, 1] -> posterior over [z_k | z_m | z_r] (b latent 1+k h/8 w/8).
 
         ``chunk_size`` (frames, a multiple of 4): encode chunk by chunk through the causal cache, equal to the
-        whole-clip result; with ``gop`` set the default is one group per chunk.
+        whole-clip result; with ``gop`` set the default is one group per chunk, otherwise one latent frame per chunk
+        without gradients and the whole clip with them; 0: the whole clip.
         """
         self.check_video(video)
-        chunk_size = chunk_size or self.config.gop
+        one_key = self.keyframe_index(video.shape[2] - 1) == 0  # one keyframe for the whole clip: E_k runs once
+        chunk_size = self.config.gop if chunk_size is None and self.config.gop else \
+            resolve_chunk(chunk_size, self.compression[0])
         if chunk_size is None:
-            mean, logvar = self._encode_parts(video, None, 0, {})
+            mean, logvar = self._encode_parts(video, None, 0, {}, one_key)
             return DiagonalGaussian(mean=mean, logvar=logvar)
         t_c = self.compression[0]
         if chunk_size < t_c or chunk_size % t_c:
             raise ValueError(f"{self.name}: chunk_size must be a positive multiple of {t_c} frames, got {chunk_size}")
-        cache, keyframes, means, logvars = FrameCache(), {}, [], []
+        cache, keyframes, means, logvars, memo = FrameCache(), {}, [], [], {}
         for sl in frame_chunks(video.shape[2], chunk_size, lone_first=True):
-            mean, logvar = self._encode_parts(video[:, :, sl], cache, sl.start, keyframes)
+            mean, logvar = self._encode_parts(video[:, :, sl], cache, sl.start, keyframes, one_key, memo)
             means.append(mean)
             logvars.append(logvar)
             keyframes = {k: v for k, v in keyframes.items() if k == max(keyframes)}  # only the open group's keyframe
@@ -290,15 +309,29 @@ class DeCoVAE(VideoVAE):
             return [z]
         return list(torch.split(z, list(self.config.component_channels), dim=1))
 
+    def static_keyframe(self, z: torch.Tensor) -> bool:
+        """Whether z_k is one latent frame repeated over the clip, as the posterior mode of a one-keyframe clip is."""
+        if self.config.decoupling != "dedicated":
+            return False
+        if z.is_meta:  # no values (FLOP counting): assume the posterior mode, static iff the clip has one keyframe
+            return self.keyframe_index(self.num_frames(z.shape[2]) - 1) == 0
+        z_k = self.split_latent(z)[0]
+        return bool(torch.equal(z_k, z_k[:, :, :1].expand_as(z_k)))
+
     def decode_components(self, z: torch.Tensor, which: tuple[str, ...] = COMPONENTS,
-                          caches: dict[str, FrameCache] | None = None) -> dict[str, torch.Tensor]:
+                          caches: dict[str, FrameCache] | None = None,
+                          static_keyframe: bool | None = None) -> dict[str, torch.Tensor]:
         """Eq. 3: the decoded components ``which`` of latent frames z, each (b 3 t h w).
 
         Dedicated: the one shared decoder runs on each requested latent in turn, zero-padded to its input width
         (one at a time, so that inference memory is that of one decoder pass); concat: the decoder returns the
         nine channels at once. ``caches`` {component: FrameCache} carries each stream across chunks.
+        ``static_keyframe`` (default: tested on ``z``; chunked callers decide once for the whole latent): z_k is one
+        frame repeated, so the decoder's latent-side layers run on it once (:meth:`Decoder3D.forward`, exact).
         """
         parts = self.split_latent(z)
+        if static_keyframe is None:
+            static_keyframe = self.static_keyframe(z)
 
         def cache(stream: str) -> FrameCache | None:
             return None if caches is None else caches.setdefault(stream, FrameCache())
@@ -307,7 +340,8 @@ class DeCoVAE(VideoVAE):
             out = dict(zip(COMPONENTS, self.decoder(parts[0], cache("all")).chunk(3, dim=1)))  # b 9 t h w -> 3 x b 3
             return {c: out[c] for c in which}
         width, latents = self.decoder.config.latent_channels, dict(zip(COMPONENTS, parts))
-        return {c: self.decoder(F.pad(latents[c], (0, 0, 0, 0, 0, 0, 0, width - latents[c].shape[1])), cache(c))
+        return {c: self.decoder(F.pad(latents[c], (0, 0, 0, 0, 0, 0, 0, width - latents[c].shape[1])), cache(c),
+                                static=static_keyframe and c == "keyframe")
                 for c in which}  # each latent (b width t h w), zero channels appended
 
     def _latent_start(self, latent_start: int) -> int:
@@ -317,10 +351,15 @@ class DeCoVAE(VideoVAE):
     def decode(self, z: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """[z_k | z_m | z_r] (b latent 1+k h w) -> video (b 3 1+4k 8h 8w): decode, then recouple (eq. 8).
 
-        ``chunk_size`` (latent frames; default with ``gop`` set: one group): decode chunk by chunk through the
-        causal cache, in two passes -- the keyframe stream first (only its per-group time averages are kept), then
-        motion and residual, recoupled chunk by chunk -- so memory stays bounded; equal to the whole decode.
+        ``chunk_size`` (latent frames; default with ``gop`` set: one group, otherwise one latent frame without
+        gradients and the whole latent with them; 0: the whole latent): decode chunk by chunk through the
+        causal cache, one stream at a time -- the keyframe stream first (only its per-group time averages are kept),
+        then motion, then residual (their decoded 3-channel videos are kept), recoupled at the end -- so only one
+        stream's causal caches are alive at any time; equal to the whole decode.
         """
+        if chunk_size is None and self.config.gop is not None and self.config.decoupling != "none":
+            chunk_size = self.config.gop // self.compression[0]
+        chunk_size = resolve_chunk(chunk_size, 1)  # default without gradients: one latent frame; 0: whole
         if self.config.decoupling == "none":
             self.split_latent(z)  # validates the shape
             if chunk_size is None:
@@ -328,23 +367,28 @@ class DeCoVAE(VideoVAE):
             cache = FrameCache()
             return torch.cat([self.decoder(z[:, :, sl], cache) for sl in frame_chunks(z.shape[2], chunk_size, False)],
                              dim=2)
-        if chunk_size is None and self.config.gop is not None:
-            chunk_size = self.config.gop // self.compression[0]
         if chunk_size is None:
             comps = self.decode_components(z)
             return self.recouple(self._keyframe_means(comps["keyframe"]), comps["motion"], comps["residual"])
         if chunk_size < 1:
             raise ValueError(f"{self.name}: chunk_size must be >= 1 latent frame, got {chunk_size}")
         chunks = frame_chunks(z.shape[2], chunk_size, lone_first=True)
-        caches, sums, counts = {}, {}, {}
+        caches, sums, counts, static = {}, {}, {}, self.static_keyframe(z)
+        # concat: one decoder pass gives all three components, so pass 1 keeps motion and residual (2x the output)
+        # instead of running the decoder twice
+        first = ("keyframe",) if self.config.decoupling == "dedicated" else COMPONENTS
+        kept = []
         for sl in chunks:  # pass 1: the keyframe stream -> x_hat_0 of every group
-            k = self.decode_components(z[:, :, sl], ("keyframe",), caches)["keyframe"]
-            self._keyframe_sums(k, self._latent_start(sl.start), sums, counts)
+            comps = self.decode_components(z[:, :, sl], first, caches, static)
+            self._keyframe_sums(comps.pop("keyframe"), self._latent_start(sl.start), sums, counts)
+            kept.append(comps)
         keyframe_hat = {k: sums[k] / counts[k] for k in sums}
-        caches, out = {}, []
-        for sl in chunks:  # pass 2: motion and residual, recoupled as they come
-            comps = self.decode_components(z[:, :, sl], ("motion", "residual"), caches)
-            out.append(self.recouple(keyframe_hat, comps["motion"], comps["residual"], self._latent_start(sl.start)))
+        for stream in ("motion", "residual") if self.config.decoupling == "dedicated" else ():
+            caches = {}  # one stream's causal caches alive at a time; its decoded output (3 channels) is kept
+            for sl, comps in zip(chunks, kept):  # pass 2: motion, pass 3: residual
+                comps[stream] = self.decode_components(z[:, :, sl], (stream,), caches)[stream]
+        out = [self.recouple(keyframe_hat, comps["motion"], comps["residual"], self._latent_start(sl.start))
+               for sl, comps in zip(chunks, kept)]
         return torch.cat(out, dim=2)
 
     # ------------------------------------------------------------------------------- components, for training
@@ -367,7 +411,7 @@ class DeCoVAE(VideoVAE):
             raise ValueError("decoupling='none' has no components (it is the plain baseline)")
         self.check_video(video)
         comps = self.decouple(video)
-        mean, logvar = self._encode_components(comps, None)
+        mean, logvar = self._encode_components(comps, None, self.keyframe_index(video.shape[2] - 1) == 0)
         posterior = DiagonalGaussian(mean=mean, logvar=logvar)
         z = posterior.sample(generator) if sample else posterior.mode()
         hats = self.decode_components(z)

@@ -27,8 +27,21 @@ class FrameCache:
         return self._frames.get(id(module))
 
     def put(self, module: nn.Module, frames: torch.Tensor) -> None:
-        self._frames[id(module)] = frames
+        """Keep ``frames`` (b c n h w) for ``module``'s next chunk, in storage of their own.
+
+        ``frames`` is usually a slice of a larger tensor (the chunk's input, or history and input concatenated);
+        storing the slice itself would keep that whole tensor alive until the next chunk. A copy holds exactly
+        ``n`` frames.
+        """
+        self._frames[id(module)] = frames.clone(memory_format=torch.contiguous_format)
         self._seen.add(id(module))
+
+    def nbytes(self) -> int:
+        """Bytes held by the stored frames (each entry owns exactly its own storage)."""
+        return sum(f.untyped_storage().nbytes() for f in self._frames.values())
+
+    def entries(self) -> list[torch.Tensor]:
+        return list(self._frames.values())
 
     def first_chunk(self, module: nn.Module) -> bool:
         """True until ``mark_seen`` (or ``put``) was called for ``module``."""

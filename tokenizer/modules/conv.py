@@ -118,8 +118,11 @@ class GroupCausalConv3d(_TemporalConv3d):
 
     Group ``g`` is padded in front with the last ``p = k_t // 2`` frames before it (the last frame of the previous
     group for ``k_t = 3``) and behind with ``p`` zero frames (VC-VAE eq. 2). The first group of a clip has no
-    predecessor; it is padded with copies of its own first frame, as a causal conv is, so a static clip stays
-    static under the difference taps of TDC. ``lone_first=True`` (separate first-frame processing) makes the first
+    predecessor; it is padded with copies of its own first frame, as a causal conv is, so the front difference
+    taps of TDC see a static clip as static. The back pad is zeros (IV-VAE's choice, kept until the ablation
+    decides), so at the last frame of every group TDC computes ``W_f * (0 - X_t)`` and a static clip does *not*
+    give the same output at group ends as inside a group (unless the future taps are zero, as at inflation).
+    Groups of one frame are built as :class:`GroupOfOneConv3d` by :class:`ConvSpec`. ``lone_first=True``  (separate first-frame processing) makes the first
     frame a group of its own at every level. The TDC anchor is the centre tap, VC-VAE eq. 5.
     """
 
@@ -150,8 +153,9 @@ class GroupCausalConv3d(_TemporalConv3d):
                              f"{self.group_size}" + (" after the lone first frame" if self.lone_first else ""))
         if x.shape[2]:
             outputs.append(self._groups(x, history, self.group_size, weight))
-        if cache is not None:
-            cache.put(self, torch.cat([history, x], dim=2)[:, :, -self.pad:])
+        if cache is not None:  # the last p frames seen: the next group's front pad
+            cache.put(self, x[:, :, -self.pad:] if x.shape[2] >= self.pad else
+                      torch.cat([history, x], dim=2)[:, :, -self.pad:])
         if not outputs:  # an empty chunk
             return x.new_zeros(x.shape[0], self.out_channels, 0, *x.shape[3:])
         return torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
@@ -215,6 +219,55 @@ class ConvSpec:
     def make(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> _TemporalConv3d:
         if self.kind == "causal":
             return CausalConv3d(in_channels, out_channels, kernel_size, tdc=self.tdc)
+        if self.group_size == 1 and LEAN_GROUPS_OF_ONE:
+            return GroupOfOneConv3d(in_channels, out_channels, kernel_size, tdc=self.tdc)
         return GroupCausalConv3d(in_channels, out_channels, self.group_size, kernel_size, tdc=self.tdc,
                                  lone_first=self.lone_first)
+
+
+# ConvSpec.make builds a group causal conv over groups of one frame as the causal conv without its dead future taps
+# (:class:`GroupOfOneConv3d`). False rebuilds the layout of checkpoints saved before that change (k_t = 3 there);
+# such checkpoints also load directly into the new layout (GroupOfOneConv3d converts them, see ``old_weight``).
+LEAN_GROUPS_OF_ONE = True
+
+
+class GroupOfOneConv3d(CausalConv3d):
+    """A group causal conv whose groups hold one frame, computed without the taps that only see the zero pad.
+
+    A group of one frame ``t``, padded in front with the ``p = k_t // 2`` frames before it (copies of frame 0 at
+    the start of the clip) and behind with ``p`` zero frames (VC-VAE eq. 2), meets the back taps only on zeros:
+
+        y_t = sum_{i < p} W_i x_{t - p + i} + W_p x_t  (+ sum_{i > p} W_i * 0)
+
+    which is a causal conv of ``k_t' = p + 1`` taps (first frame replicated in front, the current frame the
+    anchor). With TDC (eq. 5, anchor = centre tap ``p``) the group conv applies ``W_p - sum_{i != p} W_i`` to
+    ``x_t``; the causal conv's TDC (eq. 7, anchor = last tap) applies ``V_p - sum_{i < p} V_i``, so the zero taps
+    fold into the anchor: ``V_i = W_i`` (i < p), ``V_p = W_p - sum_{i > p} W_i``. State-dict keys are unchanged,
+    the temporal kernel is ``p + 1`` taps long instead of ``2 p + 1``; :meth:`old_weight` converts (and old
+    checkpoints are converted on load). The 2D kernel of an inflated image VAE still goes to the anchor tap.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int, int] = 3,
+                 tdc: bool = False):
+        k_t, k_h, k_w = _triple(kernel_size)
+        if k_t % 2 != 1:
+            raise ValueError(f"group causal conv needs an odd temporal kernel, got {k_t}")
+        super().__init__(in_channels, out_channels, (k_t // 2 + 1, k_h, k_w), tdc=tdc)
+        self.group_kernel_t = k_t
+
+    def old_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """The group causal kernel (c_out c_in 2p+1 k_h k_w) -> this module's kernel (c_out c_in p+1 k_h k_w)."""
+        p = self.group_kernel_t // 2
+        if weight.shape[2] != 2 * p + 1:
+            raise ValueError(f"expected a group causal kernel of {2 * p + 1} taps, got {tuple(weight.shape)}")
+        new = weight[:, :, :p + 1].clone()
+        if self.tdc:  # the zero taps fold into the anchor
+            new[:, :, p] -= weight[:, :, p + 1:].sum(dim=2)
+        return new
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        w = state_dict.get(prefix + "weight")
+        if w is not None and w.ndim == 5 and w.shape[2] == self.group_kernel_t != self.k_t:
+            state_dict[prefix + "weight"] = self.old_weight(w)  # a checkpoint of the old (group causal) layout
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
