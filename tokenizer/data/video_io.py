@@ -161,12 +161,37 @@ def read_video_frames(path: str | Path, indices: Sequence[int], num_threads: int
         with decord.bridge.use_torch():  # decord hands frames over as torch tensors through DLPack
             frames = vr.get_batch(indices)
     except Exception as err:
-        raise VideoReadError(path, f"decoding failed ({_short(err)})") from None
+        frames = _read_narrow_pyav(path, indices)  # decord cannot copy frames narrower than 32 px (tiny samples)
+        if frames is None:
+            raise VideoReadError(path, f"decoding failed ({_short(err)})") from None
     finally:
         del vr
     if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:
         raise VideoReadError(path, f"decoder returned shape {tuple(frames.shape)} for {len(indices)} frames")
     return frames.contiguous()
+
+
+def _read_narrow_pyav(path: Path, indices: list[int]) -> torch.Tensor | None:
+    """Frames of a video narrower than 32 px decoded with PyAV (decord's frame copy assumes a 32-byte aligned row
+    and fails on them); None for any other video, or when PyAV cannot decode the frames either."""
+    import av
+
+    want = set(indices)
+    try:
+        with av.open(str(path)) as container:
+            if container.streams.video[0].codec_context.width >= 32:
+                return None
+            got = {}
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in want:
+                    got[i] = frame.to_ndarray(format="rgb24")  # h w c uint8
+                if len(got) == len(want):
+                    break
+    except (av.FFmpegError, IndexError):
+        return None
+    if len(got) != len(want):
+        return None
+    return torch.from_numpy(np.stack([got[i] for i in indices]))
 
 
 def _read_frame_folder(folder: Path, indices: list[int]) -> torch.Tensor:
