@@ -12,9 +12,6 @@ decoder of the same sizes, no decoupling) is the peer measured in the same run; 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,6 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.machine import header  # noqa: E402
 from tokenizer import build_vae  # noqa: E402
 
 PRESETS = ("deco", "deco-compact", "deco-concat", "plain")
@@ -83,12 +81,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--motion", default="learned", choices=("learned", "classical"))
     args = parser.parse_args()
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    print(f"Machine: {cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), CPU only; load average {os.getloadavg()[0]:.2f}. "
-          f"Date: {datetime.date.today()}.")
-    print(f"Command: `python benchmarks/bench_deco_params.py {' '.join(sys.argv[1:])}`\n")
+    print(header("benchmarks/bench_deco_params.py"))
     print(count_table())
     if not args.time:
         return

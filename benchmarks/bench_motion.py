@@ -21,9 +21,6 @@ and zero motion.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -34,6 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.machine import header  # noqa: E402
 from tokenizer.motion import MotionConfig, MotionModule, default_weights_path, flow_norm_to_px  # noqa: E402
 from tokenizer.motion.pairs import (HELD_OUT_PHOTOS, SAMPLE_VIDEOS, held_out_video_frames,  # noqa: E402
                                     homography, known_motion_pair, photo)
@@ -190,12 +188,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [64] if args.quick else [64, 128, 256]
     photos = list(HELD_OUT_PHOTOS[:2] if args.quick else HELD_OUT_PHOTOS)
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    print(f"Machine: {cpu}, {os.cpu_count()} cores visible (shared with other jobs), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), CPU only; load average {os.getloadavg()[0]:.2f}. "
-          f"Date: {datetime.date.today()}.")
-    print(f"Command: `python benchmarks/bench_motion.py {' '.join(sys.argv[1:])}`\n")
+    print(header("benchmarks/bench_motion.py", note="shared with other jobs"))
     ests = estimators()
     print(f"Known motions of held-out photos ({', '.join(photos)}; {len(MOTIONS)} motions each):\n")
     print(known_motion_table(ests, sizes, photos), flush=True)
