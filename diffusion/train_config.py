@@ -7,6 +7,7 @@ generated latents will be decoded with: a cache made with other weights is refus
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -17,7 +18,7 @@ from tokenizer.data.video_io import VideoFormat
 from tokenizer.training.trackers import check_tracker
 
 from .gaussian_diffusion import BETA_SCHEDULES
-from .latte import LATTE_PRESETS
+from .latte import LATTE_PRESETS, Latte
 from .samplers import SAMPLERS
 
 # fp16 is left out: its dynamic loss scaler must see overflowing steps, which the non-finite guard skips
@@ -177,6 +178,10 @@ def validate(cfg: LatteTrainConfig) -> None:
     if clash:
         raise ConfigError(f"model.config must not set {clash}: they have their own keys (model.<key>) or come "
                           "from the cache (num_classes: data.conditioning)")
+    fields = set(inspect.signature(Latte.__init__).parameters) - {"self"} - reserved
+    unknown = sorted(set(cfg.model.config) - fields)
+    if unknown:
+        raise ConfigError(f"model.config: unknown Latte field(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
 
 
 def clip_active(cfg: LatteTrainConfig, step: int) -> bool:

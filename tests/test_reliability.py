@@ -191,6 +191,11 @@ def test_latte_optim_lr_and_workers_name_their_key(tmp_path, capsys):
     assert "'optim.lr=-1.0': must be > 0" in one_line(capsys.readouterr().err)
     assert main([*base, "data.num_workers=-1"]) == 2
     assert "'data.num_workers=-1': must be >= 0" in one_line(capsys.readouterr().err)
+    assert main([*base, "model.config.hiden_size=32"]) == 2  # a Latte field misspelt: named, not a traceback
+    err = one_line(capsys.readouterr().err)
+    assert "unknown Latte field(s) hiden_size" in err and "hidden_size" in err
+    main([*base, "model.config.hidden_size=32"])  # a real field passes the check (and stops at the empty cache)
+    assert "unknown Latte field" not in capsys.readouterr().err
 
 
 def test_a_latte_run_where_a_vae_is_expected(uncond_run, tiny_cache, tmp_path, capsys):
