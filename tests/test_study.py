@@ -161,3 +161,15 @@ def test_direction_verdicts_and_table_rows_from_records():
     assert rows[1]["steps_to_first_row_final"] == 20  # b's mean curve (13.25, 15.5) passes a's final 13.5 at 20
     first = table_rows(study, Table(title="t", metric="psnr_first", rows=[TableRow("a"), TableRow("b")]), records)
     assert first[0]["seeds"] == [12.0, 14.0] and first[1]["mean"] == pytest.approx(14.5)
+
+
+def test_study_title_says_quick_full_or_what_was_reduced():
+    from argparse import Namespace
+
+    from pipelines.study import study_mode
+
+    plain = dict(quick=False, overrides=[], recipe_set=[], only=None)
+    assert study_mode(Namespace(**plain)) == "full"
+    assert study_mode(Namespace(**{**plain, "quick": True})).startswith("quick")
+    reduced = study_mode(Namespace(**{**plain, "overrides": ["steps=120"], "only": ["plain", "deco-da"]}))
+    assert reduced == "reduced (steps=120, --only plain deco-da)"

@@ -92,6 +92,15 @@ def _machine() -> str:
     return f"{model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
+def study_mode(args: argparse.Namespace) -> str:
+    """What study.md's title calls the run: quick, full (the config as written), or reduced (and by what)."""
+    changed = [*args.overrides, *(f"--recipe-set {kv}" for kv in args.recipe_set),
+               *([f"--only {' '.join(args.only)}"] if args.only else [])]
+    if args.quick:
+        return "quick (CI setting, a few steps: numbers mean nothing)"
+    return f"reduced ({', '.join(changed)})" if changed else "full"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
@@ -124,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    mode = "quick (CI setting, a few steps: numbers mean nothing)" if args.quick else "full"
+    mode = study_mode(args)
     command = "python -m pipelines.study " + " ".join(argv if argv is not None else sys.argv[1:])
     start = time.perf_counter()
     result = run_study(study, Path(args.out), recipe, args.only, not args.no_progress, mode=mode, command=command)

@@ -41,7 +41,7 @@ class CacheConfig:
     device: str = "auto"  # auto (the process's accelerator, else CPU) | cpu | cuda
     precision: str = "auto"  # encode precision: auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     channels_last: Optional[bool] = None  # channels-last-3d inputs and weights; null: on GPU only
-    chunk_size: Optional[int] = None  # encode chunk by chunk (frames) with the VAE's causal cache; null: whole clip
+    chunk_size: Optional[int] = None  # frames per encode chunk; null: one latent frame at a time, 0: whole clip
     init_seed: int = 0  # torch seed for a randomly initialised VAE (no --ckpt: smoke runs and tests only)
     verify_on_resume: bool = True  # re-hash existing shards on restart (false: trust their size)
 
