@@ -1,8 +1,8 @@
 """diffusers ``ModelMixin`` classes for the toolkit's model folders (needs diffusers: ``pip install diffusers``).
 
     from tokenizer.diffusers_compat import VidtokVAE, VidtokLatte
-    vae = VidtokVAE.from_pretrained("runs/my-vae").model        # the toolkit VideoVAE, weights loaded by diffusers
-    latte = VidtokLatte.from_pretrained("runs/my-latte").model
+    vae = VidtokVAE.from_pretrained("./runs/my-vae").model        # the toolkit VideoVAE, weights loaded by diffusers
+    latte = VidtokLatte.from_pretrained("./runs/my-latte").model
 
 The classes are the ``_class_name`` of the folders ``save_pretrained`` writes (:mod:`tokenizer.pretrained`).
 Each wraps the toolkit model under the very same state-dict names: the wrapper shares the model's parameter,
