@@ -192,7 +192,8 @@ def _recon_values(d: dict) -> dict:
     return dict(psnr=_number(metrics.get("psnr")), ssim=_number(metrics.get("ssim")), lpips=lpips,
                 intervals=intervals, lpips_random=bool(d.get("lpips_random_backbone")) if lpips is not None else None,
                 rfvd=_number(rfvd), rfvd_random=_not_comparable(rfvd) if has_rfvd else None,
-                rfvd_protocol=rfvd_key(rfvd) if has_rfvd and isinstance(rfvd, dict) else None, **_vae_facts(d))
+                rfvd_protocol=(rfvd_key(rfvd) if isinstance(rfvd, dict) else {}) if has_rfvd else None,
+                **_vae_facts(d))
 
 
 def _vae_facts(d: dict) -> dict:

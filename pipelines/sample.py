@@ -301,7 +301,7 @@ class SampleSettings:
 
     def diff(self, other: dict) -> list[str]:
         mine = json.loads(json.dumps(asdict(self)))
-        other = {"crf": DEFAULT_CRF, **other}  # folders written before crf was recorded used the default
+        other = {"crf": DEFAULT_CRF, "precision": "fp32", **other}  # folders from before these were recorded
         return [f"{k}: folder has {other.get(k)!r}, this run has {v!r}" for k, v in mine.items() if other.get(k) != v]
 
 
@@ -622,8 +622,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_guidance(cfg_scale, source.num_classes)
         seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
         fvd = _fvd_args(args, source, device) if args.fvd else None
+        # the run's protocol picks the default CRF whether or not --fvd is given now, so a folder sampled first and
+        # scored later keeps its settings
+        protocol = fvd[0] if fvd is not None else run_protocol(args.fvd_protocol, source)[0]
         crf = args.crf if args.crf is not None else (
-            LATTE_CRF if fvd is not None and fvd[0].name.split("[")[0] == "fvd16_latte" else DEFAULT_CRF)
+            LATTE_CRF if protocol.name.split("[")[0] == "fvd16_latte" else DEFAULT_CRF)
         if not 0 <= crf <= 51:
             raise SampleError(f"--crf {crf}: x264 takes 0 (lossless) .. 51")
         outs = {seed: out if len(seeds) == 1 else out / f"seed-{seed}" for seed in seeds}

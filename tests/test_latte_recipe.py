@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from einops import rearrange
 
 from diffusion.gaussian_diffusion import GaussianDiffusion, space_timesteps
 
@@ -86,9 +87,34 @@ def test_sample_cli_takes_ddim_strings_and_fp16(released, tmp_path, capsys):
     assert main(args + ["--num-videos", "1", "--sampler", "ddim", "--steps", "ddim4", "--fp16", "--out", str(out)]) == 0
     settings = json.loads((out / "sample_settings.json").read_text())
     assert (settings["steps"], settings["precision"]) == ("ddim4", "fp16")
+    assert settings["crf"] == 5  # a released checkpoint's protocol is fvd16_latte: Latte's CRF, --fvd given or not
     # fp32 videos are not mixed into a folder of fp16 ones; a bad respacing string is one clear error
     assert main(args + ["--num-videos", "1", "--sampler", "ddim", "--steps", "ddim4", "--out", str(out)]) == 2
     assert "precision" in capsys.readouterr().err
     assert main(args + ["--steps", "ddim3000", "--out", str(tmp_path / "never")]) == 2
     assert "error: --steps ddim3000: respacing 'ddim3000'" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_released_checkpoint_decodes_latte_latents_through_the_folders_scale_and_shift(released, tmp_path):
+    """Latte's diffusion space is x = (z - shift) * scaling_factor of the SD-VAE folder: sample_batch hands the
+    decoder exactly x / scale + shift, and the frames equal diffusers' decode of it frame by frame."""
+    from diffusers import AutoencoderKL
+
+    from pipelines.sample import open_source, sample_batch
+
+    root, args = released
+    sd = AutoencoderKL.from_pretrained(root / "sd")
+    sd.register_to_config(scaling_factor=0.5, shift_factor=0.25)  # not SD's 0.18215 / 0: a swap or a drop shows
+    sd.save_pretrained(tmp_path / "sd")
+    source = open_source(root / "latte.pt", "sd", vae_path=str(tmp_path / "sd"), model=args[7], num_classes=3,
+                         latent_frames=3, latent_size=8)
+    sampled, seen = [], []
+    sample, decode = source.sample, source.vae.decode
+    source.sample = lambda *a: sampled.append(sample(*a)) or sampled[-1]  # x in diffusion space
+    source.vae.decode = lambda z: seen.append(z) or decode(z)  # what the VAE is handed
+    video = sample_batch(source, [3], [1], "ddim", "ddim4", 2.0, torch.device("cpu"))
+    torch.testing.assert_close(seen[0], sampled[0] / 0.5 + 0.25)
+    with torch.no_grad():
+        ref = sd.eval().decode(rearrange(seen[0], "b c t h w -> (b t) c h w")).sample.clamp(-1, 1)
+    torch.testing.assert_close(video, rearrange(ref, "(b t) c h w -> b c t h w", b=1), atol=1e-5, rtol=1e-5)

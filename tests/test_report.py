@@ -229,3 +229,13 @@ def test_seed_spread_and_latent_size_note(inputs, pair, tmp_path):
     assert cells["`other-vae`"][1] == f"8×2×4×4{LATENT_MARK}"
     assert cells["`plain-tiny`"][1] == f"4×2×8×8{LATENT_MARK}"
     assert "saw latents of different sizes" in text and "standard deviation of the FVD over the sample seeds" in text
+
+
+def test_an_rfvd_given_as_a_bare_number_is_its_own_column(tmp_path, capsys):
+    """The docstring accepts ``rfvd`` as a number (no protocol recorded): the report shows it instead of crashing."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.json").write_text(json.dumps(dict(vae="plain-tiny", psnr=30.0, rfvd=55.5)))
+    (tmp_path / "in" / "b.json").write_text(json.dumps(dict(vae="vcvae-tiny", psnr=29.0, rfvd=66.6)))
+    assert main([str(tmp_path / "in"), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "55.5" in out and "66.6" in out

@@ -295,3 +295,13 @@ def test_crf_sets_the_mp4_quality(sample_video_paths, tmp_path):
         path = write_video(tmp_path / f"crf{crf}.mp4", frames, fps=8, crf=crf)
         errors[crf] = (_frames(path).float() - frames.float()).abs().mean().item()
     assert errors[5] < errors[30] / 2
+
+
+def test_settings_of_folders_written_before_crf_and_precision_were_recorded_still_match():
+    from pipelines.sample import DEFAULT_CRF, SampleSettings
+
+    now = SampleSettings(checkpoint="c", weights="ema", model_fingerprint="m", vae="plain-tiny", vae_fingerprint="v",
+                         sampler="ddim", steps=3, cfg_scale=1.0, labels="uniform", seed=0, num_frames=9, fps=8.0)
+    old = {k: v for k, v in dataclasses.asdict(now).items() if k not in ("crf", "precision")}
+    assert now.crf == DEFAULT_CRF and now.diff(old) == []  # the same command resumes an older folder
+    assert now.diff({**old, "precision": "fp16"}) == ["precision: folder has 'fp16', this run has 'fp32'"]

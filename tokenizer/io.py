@@ -336,7 +336,7 @@ def load_torchscript(path: str | Path, trusted: bool = False, published_sha256: 
     if not trusted and not (published_sha256 and sha256_file(path) == published_sha256):
         raise WeightsFileError(f"{role + ' ' if role else ''}{path} is a TorchScript archive, which can run code "
                                "when loaded: refused unless trusted (trust_torchscript=true in the FVD config, or "
-                               "VIDTOK_TRUST_TORCHSCRIPT=1)")
+                               "VIDTOK_TRUST_TORCHSCRIPT=1 in the environment of any command)")
     return torch.jit.load(str(path), map_location="cpu")
 
 
