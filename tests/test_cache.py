@@ -6,6 +6,7 @@ initialised tiny VAEs of every family in the registry (``*-tiny``), 32 px clips.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -498,3 +499,18 @@ def test_counts_read_as_counts_and_workers_fit_the_machine():
     assert (count(1, "process"), count(2, "process")) == ("1 process", "2 processes")
     cores = len(os.sched_getaffinity(0))
     assert loader_workers(cores + 7) == cores and loader_workers(0) == 0 and loader_workers(1) == 1
+
+
+def test_options_at_their_defaults_leave_the_cache_identity_as_before(test_split):
+    """frame_indices and time_range came after caches already existed: at their defaults they stay out of the
+    identity (so those caches still resume); set, they are part of it."""
+    from tokenizer import build_vae
+    from tokenizer.cache import CacheConfig
+    from tokenizer.cache.plan import make_plan
+
+    vae = build_vae("plain-tiny")
+    data = make_plan(vae, test_split, CacheConfig(), "fp32").identity["data"]
+    assert "frame_indices" not in data and "time_range" not in data
+    later = dataclasses.replace(test_split, time_range=[0.0, 0.5], frame_indices="linspace")
+    data = make_plan(vae, later, CacheConfig(), "fp32").identity["data"]
+    assert data["time_range"] == [0.0, 0.5] and data["frame_indices"] == "linspace"

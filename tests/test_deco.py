@@ -341,6 +341,19 @@ def test_keyframe_encoder_and_static_decoder_side_run_once(clip, name):
     assert _frames_seen(vae.decoder.conv_in, lambda: vae.decode(z, chunk_size=0)) == [1, 5, 5]  # k once; m, r
 
 
+def test_group_causal_deco_encodes_x_k_in_full(clip):
+    """A group causal conv pads each group's end with zeros, so E_k of a static X_k is not static: the once-per-clip
+    shortcut is for causal convs only, and a group causal DeCo-VAE still equals E_k over all of X_k."""
+    vae = tiny(conv_type="group_causal")
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        old = vae.enc_k(vae.decouple(clip)["keyframe"])
+        c_k = vae.config.component_channels[0]
+        assert (old[:, :c_k, 1:] - old[:, :c_k, :1]).abs().max() > 1e-3  # the latent frames really differ
+        torch.testing.assert_close(vae.encode(clip, chunk_size=0).mean[:, :c_k], old[:, :c_k], atol=1e-5, rtol=1e-4)
+
+
 def test_several_keyframes_encode_x_k_in_full(clip):
     """With several groups of pictures a later group's latent frames also see the earlier keyframe through E_k's
     causal convs, so E_k runs on all of X_k (no broadcast) and chunked still equals whole."""

@@ -112,8 +112,9 @@ def make_plan(vae, data_cfg: DataConfig, cfg: CacheConfig, precision: str, datas
     items_per_shard = max(1, clips_per_shard // copies)
     num_shards = math.ceil(len(dataset) / items_per_shard)
     data_identity = {k: v for k, v in to_dict(data_cfg).items() if k not in DATA_RUNTIME_KEYS}
-    if data_identity.get("frame_indices") == "stride":  # the default, left out: caches made before the option
-        del data_identity["frame_indices"]               # keep their identity (and can be resumed)
+    for key, default in (("frame_indices", "stride"), ("time_range", None)):  # defaults are left out: caches made
+        if key in data_identity and data_identity[key] == default:         # before the option keep their identity
+            del data_identity[key]                                          # (and can be resumed)
     identity = {
         "vae": {"name": vae.name, "config": to_dict(vae.config), "fingerprint": vae.fingerprint(),
                 "frame_rule": vae.frame_rule, "compression": list(vae.compression),

@@ -180,6 +180,11 @@ class DeCoVAE(VideoVAE):
                 m.gradient_checkpointing = enabled
 
     # --------------------------------------------------------------------------------------- groups of pictures
+    def encodes_keyframe_once(self, num_frames: int) -> bool:
+        """Whether E_k runs once on x_0 and is broadcast: one keyframe for the whole clip and causal convs (a group
+        causal conv pads each group's end with zeros, so a static input does not give static latent frames)."""
+        return self.keyframe_index(num_frames - 1) == 0 and self.config.conv_type == "causal"
+
     def keyframe_index(self, t: int) -> int:
         """Index of the keyframe of frame ``t``: 0 for the whole clip, or the first frame of its group."""
         gop = self.config.gop
@@ -282,7 +287,7 @@ class DeCoVAE(VideoVAE):
         without gradients and the whole clip with them; 0: the whole clip.
         """
         self.check_video(video)
-        one_key = self.keyframe_index(video.shape[2] - 1) == 0  # one keyframe for the whole clip: E_k runs once
+        one_key = self.encodes_keyframe_once(video.shape[2])
         chunk_size = self.config.gop if chunk_size is None and self.config.gop else \
             resolve_chunk(chunk_size, self.compression[0])
         if chunk_size is None:
@@ -411,7 +416,7 @@ class DeCoVAE(VideoVAE):
             raise ValueError("decoupling='none' has no components (it is the plain baseline)")
         self.check_video(video)
         comps = self.decouple(video)
-        mean, logvar = self._encode_components(comps, None, self.keyframe_index(video.shape[2] - 1) == 0)
+        mean, logvar = self._encode_components(comps, None, self.encodes_keyframe_once(video.shape[2]))
         posterior = DiagonalGaussian(mean=mean, logvar=logvar)
         z = posterior.sample(generator) if sample else posterior.mode()
         hats = self.decode_components(z)
