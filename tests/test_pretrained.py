@@ -122,3 +122,10 @@ def test_latte_folder_round_trip_and_diffusers_load(tmp_path):
         assert torch.equal(wrapped(x, t, y), want)
     card = (folder / CARD).read_text()
     assert "Latte-tiny/2" in card and "5 classes" in card and "| FVD16 | 123.4 |" in card
+
+
+@pytest.mark.parametrize("name,frames", [("plain-tiny", "1 + 4k (causal)"), ("vcvae-8x-tiny", "8k (in sequence)"),
+                                         ("sd-tiny", "any")])
+def test_model_card_states_the_frame_rule_of_its_compression(tmp_path, name, frames):
+    card = (build_vae(name).save_pretrained(tmp_path / name) / CARD).read_text()
+    assert frames in card

@@ -132,7 +132,8 @@ class VideoVAE(nn.Module, abc.ABC):
                  "parameters": f"{sum(p.numel() for p in self.parameters()):,}",
                  "latent channels": self.latent_channels,
                  "compression (t, h, w)": "x".join(str(c) for c in self.compression),
-                 "frames": "1 + 4k (causal)" if self.frame_rule == "causal" else "4k (in sequence)",
+                 "frames": (f"1 + {self.compression[0]}k (causal)" if self.frame_rule == "causal" else
+                            "any" if self.compression[0] == 1 else f"{self.compression[0]}k (in sequence)"),
                  "latent scale / shift": f"{self.scaling_factor} / {self.shift_factor}",
                  "weights fingerprint (SHA-256)": f"`{self.fingerprint()}`"}
         text = pretrained.model_card(f"{self.name}: a vidtok-lab video VAE",

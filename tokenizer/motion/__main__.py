@@ -1,4 +1,4 @@
-"""``python -m tokenizer.motion export RUN_DIR OUT [--note TEXT]``: a motion-stage run's motion weights -> the file
+"""``python -m tokenizer.motion export RUN_DIR OUT [--record JSON]``: a motion-stage run's motion weights -> the file
 DeCo-VAE loads (safetensors + a JSON record beside it). Training itself is the VAE trainer's ``motion`` stage."""
 from __future__ import annotations
 
