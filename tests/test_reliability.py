@@ -551,3 +551,18 @@ def test_sample_removes_its_stale_temp_videos_and_holds_its_folder(uncond_run, t
     other = subprocess.run([sys.executable, "-m", "pipelines.sample", *args], env=env, text=True,
                            capture_output=True, timeout=120)  # this process still holds the folder
     assert other.returncode == 2 and f"{out} is in use by pid {os.getpid()}" in one_line(other.stderr)
+
+
+def test_a_callers_own_error_inside_an_atomic_write_is_not_relabelled_disk_full(tmp_path, monkeypatch):
+    """Only a writer's failure becomes ENOSPC on a nearly full disk: a KeyError of the code inside the block stays
+    a KeyError (and the target is left untouched)."""
+    import tokenizer.io as tio
+
+    monkeypatch.setattr(tio, "_disk_full", lambda folder: True)
+    with pytest.raises(KeyError):
+        with tio.atomic_path(tmp_path / "w.bin"):
+            raise KeyError("a bug of the caller")
+    with pytest.raises(OSError, match="No space left"):  # torch.save's RuntimeError on a full disk still is
+        with tio.atomic_path(tmp_path / "w.bin"):
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")
+    assert not (tmp_path / "w.bin").exists()

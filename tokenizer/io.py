@@ -97,7 +97,7 @@ def _raise_naming(err: BaseException, path: Path, disk_full: bool) -> None:
     code = re.search(r"\(os error (\d+)\)", str(err))  # safetensors: "I/O error: File too large (os error 27)"
     if isinstance(err, Exception) and code:
         raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from err
-    if disk_full:
+    if disk_full and isinstance(err, RuntimeError):  # torch.save's failed write; the caller's own errors pass
         raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({type(err).__name__})", str(path)) from err
 
 

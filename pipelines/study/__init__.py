@@ -2,7 +2,8 @@
 
     python -m pipelines.study [--out study_out] [--quick] [--only vcvae-image vcvae-random ...] [key=value ...]
 
-Order of work (each piece resumable, each run an ordinary run folder of the toolkit's own VAE trainer):
+Order of work (each run an ordinary run folder of the toolkit's own VAE trainer; a finished image VAE is reused,
+an unfinished one starts again):
 
 1. per seed, the study's own 2D image VAE (``image_vae``), VC-VAE's initialiser;
 2. per seed, DeCo-VAE's motion stage (``train.stage=motion``), where the DeCo variants start;
