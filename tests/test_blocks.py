@@ -35,8 +35,9 @@ def test_taps_fast_path_equals_conv3d():
 @pytest.mark.parametrize("group", [1, 2, 4])
 @pytest.mark.parametrize("lone_first", [False, True])
 @pytest.mark.parametrize("c_in,k_t", [(3, 3), (20, 3), (3, 5)])  # taps / conv3d path; k_t 5: the generic path
-def test_group_causal_conv_against_plain_loop(group, lone_first, c_in, k_t):
-    conv = _rand(GroupCausalConv3d(c_in, 4, group, (k_t, 3, 3), lone_first=lone_first))
+@pytest.mark.parametrize("back_pad", ["zeros", "replicate"])
+def test_group_causal_conv_against_plain_loop(group, lone_first, c_in, k_t, back_pad):
+    conv = _rand(GroupCausalConv3d(c_in, 4, group, (k_t, 3, 3), lone_first=lone_first, back_pad=back_pad))
     t, p = 8 + lone_first, k_t // 2
     x = torch.randn(2, c_in, t, 5, 5)
     y = conv(x)
@@ -44,7 +45,8 @@ def test_group_causal_conv_against_plain_loop(group, lone_first, c_in, k_t):
     padded = torch.cat([x[:, :, :1]] * p + [x], dim=2)  # frames before the clip: copies of the first
     for s, e in zip(starts, starts[1:] + [t]):
         prev = padded[:, :, s:s + p]  # the p frames before the group (the previous group's last for k_t = 3)
-        window = torch.cat([prev, x[:, :, s:e], torch.zeros_like(prev)], dim=2)
+        behind = torch.zeros_like(prev) if back_pad == "zeros" else torch.cat([x[:, :, e - 1:e]] * p, dim=2)
+        window = torch.cat([prev, x[:, :, s:e], behind], dim=2)
         torch.testing.assert_close(y[:, :, s:e], F.conv3d(window, conv.weight, conv.bias, padding=(0, 1, 1)),
                                    atol=1e-4, rtol=1e-4)
 
@@ -162,11 +164,12 @@ def test_cache_entries_own_exactly_the_frames_they_keep(name):
 @pytest.mark.parametrize("tdc", [False, True])
 @pytest.mark.parametrize("lone_first", [False, True])
 @pytest.mark.parametrize("c_in", [3, 20])
-def test_group_of_one_is_the_group_causal_conv_without_its_dead_tap(tdc, lone_first, c_in):
-    """A group causal conv over groups of one frame, its weights converted (zero taps folded into the TDC anchor),
-    is the causal k_t = 2 conv: same outputs, whole clip and chunk by chunk, and 2/3 of the kernel."""
-    old = _rand(GroupCausalConv3d(c_in, 4, 1, 3, tdc=tdc, lone_first=lone_first))
-    new = GroupOfOneConv3d(c_in, 4, 3, tdc=tdc)
+@pytest.mark.parametrize("back_pad", ["zeros", "replicate"])
+def test_group_of_one_is_the_group_causal_conv_without_its_dead_tap(tdc, lone_first, c_in, back_pad):
+    """A group causal conv over groups of one frame, its weights converted (the back taps folded into the anchor as
+    the padding says), is the causal k_t = 2 conv: same outputs, whole clip and chunk by chunk, 2/3 of the kernel."""
+    old = _rand(GroupCausalConv3d(c_in, 4, 1, 3, tdc=tdc, lone_first=lone_first, back_pad=back_pad))
+    new = GroupOfOneConv3d(c_in, 4, 3, tdc=tdc, back_pad=back_pad)
     new.load_state_dict(old.state_dict())  # the old k_t = 3 kernel, converted on load
     assert new.weight.shape[2] == 2 and new.anchor == 1
     x = torch.randn(2, c_in, 7, 5, 5)
@@ -189,3 +192,18 @@ def test_static_clip_changes_at_group_ends_under_tdc_with_zero_back_pad():
         conv.weight[:, :, 2] = 0  # future taps zero, as after inflating an image VAE
         y = conv(x)
     assert (y - y[:, :, :1]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("tdc", [False, True])
+def test_static_clip_stays_static_with_replicate_back_pad(tdc):
+    """With a copy of the group's last frame behind it, every frame of a static clip sees the same window."""
+    conv = _rand(GroupCausalConv3d(3, 4, 4, tdc=tdc, back_pad="replicate"))
+    x = torch.randn(1, 3, 1, 5, 5).expand(-1, -1, 8, -1, -1)
+    with torch.no_grad():
+        y = conv(x)
+    assert (y - y[:, :, :1]).abs().max() < 1e-5
+
+
+def test_unknown_back_pad_is_named():
+    with pytest.raises(ValueError, match="zeros, replicate.*'reflect'"):
+        GroupCausalConv3d(3, 3, 4, back_pad="reflect")

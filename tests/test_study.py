@@ -53,6 +53,8 @@ def test_every_variant_is_an_ordinary_run_folder_with_its_switches(quick):
             assert bool(cfg["phases"]) == v.decoupled_adaptation
     notdc = yaml.safe_load((quick / "runs" / "vcvae-notdc-s0" / "config.yaml").read_text())
     assert notdc["model"]["config"] == {"tdc": False}
+    padcopy = yaml.safe_load((quick / "runs" / "vcvae-padcopy-s0" / "config.yaml").read_text())
+    assert padcopy["model"]["config"] == {"group_end_pad": "replicate"}
     from diffusers import AutoencoderKL
 
     image = AutoencoderKL.from_pretrained(quick / "image-vae-s0")
@@ -161,6 +163,9 @@ def test_direction_verdicts_and_table_rows_from_records():
     assert rows[1]["steps_to_first_row_final"] == 20  # b's mean curve (13.25, 15.5) passes a's final 13.5 at 20
     first = table_rows(study, Table(title="t", metric="psnr_first", rows=[TableRow("a"), TableRow("b")]), records)
     assert first[0]["seeds"] == [12.0, 14.0] and first[1]["mean"] == pytest.approx(14.5)
+    # a table without a paper's claim (the group-end padding choice) reports the gap, not a verdict
+    open_question = table_rows(study, Table(title="t", claim=False, rows=[TableRow("a"), TableRow("b")]), records)
+    assert open_question[1]["direction"] == "+1.50 dB vs row above (within seed spread)"
 
 
 def test_study_title_says_quick_full_or_what_was_reduced():

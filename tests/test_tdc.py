@@ -56,15 +56,17 @@ def test_causal_tdc_eq7(conv_path):
 
 
 @pytest.mark.parametrize("group", [1, 2, 4])
-def test_group_causal_tdc_eq5(conv_path, group):
-    conv = _randomise(GroupCausalConv3d(4, 3, group, 3, tdc=True))
+@pytest.mark.parametrize("back_pad", ["zeros", "replicate"])
+def test_group_causal_tdc_eq5(conv_path, group, back_pad):
+    conv = _randomise(GroupCausalConv3d(4, 3, group, 3, tdc=True, back_pad=back_pad))
     x = torch.randn(1, 4, 8, 5, 6)
     y = conv(x)
     assert conv.anchor == 1  # the centre frame of the window
-    for g in range(8 // group):  # each group alone: [last frame of previous group | group | zero frame]
+    for g in range(8 // group):  # each group alone: [last frame of previous group | group | back pad]
         s = g * group
         front = x[:, :, s - 1:s] if s else x[:, :, :1]
-        xp = torch.cat([front, x[:, :, s:s + group], torch.zeros_like(x[:, :, :1])], dim=2)
+        behind = torch.zeros_like(x[:, :, :1]) if back_pad == "zeros" else x[:, :, s + group - 1:s + group]
+        xp = torch.cat([front, x[:, :, s:s + group], behind], dim=2)
         torch.testing.assert_close(y[:, :, s:s + group], _tdc_by_equation(xp, conv.weight, conv.bias, 1),
                                    atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(y[:, :, s:s + group],

@@ -48,8 +48,9 @@ def real_frame(sample_video_paths):
 
 @pytest.mark.parametrize("name,overrides", [("vcvae-tiny", {}), ("vcvae-8x-tiny", {}),
                                             ("vcvae-tiny", {"first_frame": "separate"}),
-                                            ("vcvae-tiny", {"conv_type": "causal"})],
-                         ids=["4x", "8x", "4x-separate", "4x-causalconv"])
+                                            ("vcvae-tiny", {"conv_type": "causal"}),
+                                            ("vcvae-tiny", {"group_end_pad": "replicate"})],
+                         ids=["4x", "8x", "4x-separate", "4x-causalconv", "4x-replicate-pad"])
 def test_static_clip_reconstructs_like_the_image_vae(name, overrides, image_vae_dir, real_frame):
     """Sec. 3.2: after inflation a static clip decodes to the image VAE's per-frame reconstruction."""
     folder, image_vae = image_vae_dir
@@ -70,6 +71,15 @@ def test_static_clip_reconstructs_like_the_image_vae(name, overrides, image_vae_
         assert model.decoder.conv_in.weight[:, 16:].abs().max() == 0
     # the latent normalisation is the image VAE's
     assert (model.config.scaling_factor, model.config.shift_factor) == (0.5, 0.25)
+
+
+def test_group_end_pad_reaches_every_group_causal_conv():
+    """``group_end_pad`` (the study's padding ablation) is set on every group causal conv; a wrong value is named."""
+    model = build_vae("vcvae-tiny", group_end_pad="replicate")
+    pads = {m.back_pad for m in model.modules() if isinstance(m, (GroupCausalConv3d, GroupOfOneConv3d))}
+    assert pads == {"replicate"}
+    with pytest.raises(ValueError, match="group_end_pad must be one of zeros, replicate"):
+        build_vae("vcvae-tiny", group_end_pad="mirror")
 
 
 def test_centre_and_tail_initialisation(image_vae_dir):

@@ -44,6 +44,12 @@ def verdict(a: tuple[float, float], b: tuple[float, float]) -> str:
     return "does not hold" + (" (within seed spread)" if -gap <= spread else "")
 
 
+def comparison(a: tuple[float, float], b: tuple[float, float]) -> str:
+    """Row b against row a where the paper makes no claim (a question the study settles): the gap and its weight."""
+    gap, spread = b[0] - a[0], math.hypot(a[1], b[1])
+    return f"{gap:+.2f} dB vs row above" + (" (within seed spread)" if abs(gap) <= spread else "")
+
+
 def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
     return next((s for s, v in curve if v >= target), None)
 
@@ -69,7 +75,8 @@ def table_rows(study: StudyConfig, table: Table, records: dict[str, list[dict]])
                      "seeds": vals, "wall_s": statistics.fmean(rec.get("wall_s", 0.0) for rec in recs),
                      "curve": mean_curve(recs, table.metric)})
     for prev, row in zip(rows, rows[1:]):
-        row["direction"] = verdict((prev["mean"], prev["std"]), (row["mean"], row["std"]))
+        judge = verdict if table.claim else comparison
+        row["direction"] = judge((prev["mean"], prev["std"]), (row["mean"], row["std"]))
     for row in rows[1:]:  # how soon this row reaches the first row's final number (the "cheaper training" claim)
         row["steps_to_first_row_final"] = steps_to_reach(row["curve"], rows[0]["mean"])
     return rows
@@ -90,7 +97,8 @@ def markdown(study: StudyConfig, tables: list[tuple[Table, list[dict]]], facts: 
                   f"{iv['steps']} steps, held-out frame PSNR {iv['psnr']:.2f} dB (mean over seeds).", ""]
     for table, rows in tables:
         lines += [f"## {table.title}", "", f"Paper: {table.source}. Metric: {table.metric}.", "",
-                  "| variant | paper | ours (dB) | per seed | wall s | paper's direction vs row above |",
+                  "| variant | paper | ours (dB) | per seed | wall s | "
+                  f"{'paper' + chr(39) + 's direction' if table.claim else 'difference'} vs row above |",
                   "|---|---|---|---|---|---|"]
         for r in rows:
             paper = f"{r['paper']:.2f}" if r["paper"] is not None else "--"

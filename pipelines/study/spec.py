@@ -46,6 +46,7 @@ class Table:
     metric: str = "psnr"  # psnr (all frames) | psnr_first (frame 0) | psnr_rest (frames 1..)
     rows: list[TableRow] = field(default_factory=list)  # in the paper's order: each row should beat the one above
     note: str = ""
+    claim: bool = True  # False: no paper claims an order (a choice the study settles); rows are only compared
 
 
 @dataclass

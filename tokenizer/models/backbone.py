@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..base import VideoVAE
 from ..distributions import DiagonalGaussian
+from ..modules.conv import BACK_PADS
 from ..modules import (ConvSpec, FrameAttention, FrameCache, FrameGroupNorm, ResnetBlock3D, SpatialDownsample,
                        SpatialUpsample, TemporalDownsample, TemporalUpsample)
 
@@ -57,6 +58,7 @@ class BackboneConfig:
     conv_type: str = "group_causal"  # 'causal' | 'group_causal'
     tdc: bool = True  # Temporal Dynamic Difference Convolution (VC-VAE eqs. 5-7) in every temporal conv
     first_frame: str = "in_sequence"  # 'in_sequence' | 'separate'
+    group_end_pad: str = "zeros"  # group causal convs: 'zeros' behind each group (IV-VAE) | 'replicate' its last frame
     temporal_down_levels: list[int] = field(default_factory=lambda: [0, 1])  # encoder levels that halve time
     mid_attention: bool = True
 
@@ -66,6 +68,8 @@ class BackboneConfig:
             raise ValueError(f"conv_type must be 'causal' or 'group_causal', got '{self.conv_type}'")
         if self.first_frame not in ("in_sequence", "separate"):
             raise ValueError(f"first_frame must be 'in_sequence' or 'separate', got '{self.first_frame}'")
+        if self.group_end_pad not in BACK_PADS:
+            raise ValueError(f"group_end_pad must be one of {', '.join(BACK_PADS)}, got '{self.group_end_pad}'")
         levels = list(self.temporal_down_levels)
         if len(set(levels)) != len(levels) or any(not 0 <= l < n - 1 for l in levels):  # levels with a spatial down
             raise ValueError(f"temporal_down_levels {levels} must be distinct levels in 0..{n - 2}")
@@ -89,7 +93,8 @@ class BackboneConfig:
         return self.temporal_compression // 2 ** halvings
 
     def conv_spec(self, level: int) -> ConvSpec:
-        return ConvSpec(self.conv_type, self.tdc, self.group_size(level), self.first_frame == "separate")
+        return ConvSpec(self.conv_type, self.tdc, self.group_size(level), self.first_frame == "separate",
+                        self.group_end_pad)
 
 
 class MidBlock3D(nn.Module):

@@ -7,8 +7,9 @@ hand, because the padding is what defines them:
 - :class:`CausalConv3d` (WF-VAE, CogVideoX, Open-Sora-Plan; VC-VAE eq. 1): the first frame is replicated
   ``k_t - 1`` times in front, nothing behind, so output ``t`` sees frames ``t - k_t + 1 .. t`` only.
 - :class:`GroupCausalConv3d` (IV-VAE; VC-VAE eq. 2): frames are cut into groups; each group is padded in front
-  with the last frame(s) of the previous group and behind with zeros, so inside a group the conv is
-  bidirectional and no group ever sees a later group.
+  with the last frame(s) of the previous group and behind with zeros (``back_pad='zeros'``, IV-VAE) or copies of
+  its own last frame (``back_pad='replicate'``), so inside a group the conv is bidirectional and no group ever sees
+  a later group.
 
 Both take ``tdc=True`` to apply the kernel in the anchor + difference form (:mod:`tokenizer.modules.tdc`) and a
 ``cache`` (:class:`~tokenizer.modules.cache.FrameCache`) for chunked inference.
@@ -119,22 +120,25 @@ class GroupCausalConv3d(_TemporalConv3d):
     Group ``g`` is padded in front with the last ``p = k_t // 2`` frames before it (the last frame of the previous
     group for ``k_t = 3``) and behind with ``p`` zero frames (VC-VAE eq. 2). The first group of a clip has no
     predecessor; it is padded with copies of its own first frame, as a causal conv is, so the front difference
-    taps of TDC see a static clip as static. The back pad is zeros (IV-VAE's choice, kept until the ablation
-    decides), so at the last frame of every group TDC computes ``W_f * (0 - X_t)`` and a static clip does *not*
-    give the same output at group ends as inside a group (unless the future taps are zero, as at inflation).
+    taps of TDC see a static clip as static. ``back_pad='zeros'`` (IV-VAE's choice, the default) pads behind with
+    zeros, so at the last frame of every group TDC computes ``W_f * (0 - X_t)`` and a static clip does *not* give
+    the same output at group ends as inside a group (unless the future taps are zero, as at inflation);
+    ``back_pad='replicate'`` pads with copies of the group's last frame, so a static clip stays static everywhere.
     Groups of one frame are built as :class:`GroupOfOneConv3d` by :class:`ConvSpec`. ``lone_first=True``  (separate first-frame processing) makes the first
     frame a group of its own at every level. The TDC anchor is the centre tap, VC-VAE eq. 5.
     """
 
     def __init__(self, in_channels: int, out_channels: int, group_size: int, kernel_size: int | tuple = 3,
-                 tdc: bool = False, lone_first: bool = False):
+                 tdc: bool = False, lone_first: bool = False, back_pad: str = "zeros"):
         super().__init__(in_channels, out_channels, kernel_size, 1, tdc)
         if self.k_t % 2 != 1:
             raise ValueError(f"group causal conv needs an odd temporal kernel, got {self.k_t}")
         if group_size < 1:
             raise ValueError(f"group size must be >= 1, got {group_size}")
+        check_back_pad(back_pad)
         self.group_size = group_size
         self.lone_first = lone_first
+        self.back_pad = back_pad
         self.pad = self.k_t // 2
         self.anchor = self.k_t // 2
 
@@ -166,12 +170,14 @@ class GroupCausalConv3d(_TemporalConv3d):
         n, p = t // g, self.pad
         if p == 1:
             # The two causal taps over (x_{t-1}, x_t) for every frame, then the future tap W_2 x_{t+1} only where
-            # t + 1 is in the same group (the last frame of a group sees the zero pad). The same sum as convolving
-            # each padded group, without copying the clip into groups, and exactly causal across groups.
+            # t + 1 is in the same group (the last frame of a group sees the back pad: zeros, or itself). The same
+            # sum as convolving each padded group, without copying the clip into groups, and exactly causal
+            # across groups.
             hw = self.padding[1:]
             y = self._conv_forward(torch.cat([history, x], dim=2), weight[:, :, :2], self.bias)  # b c_out t h w
-            for r in range(g - 1):  # frame r of every group sees frame r + 1 of its group
-                nxt = rearrange(x[:, :, r + 1::g], "b c n h w -> (b n) c h w")
+            replicate = self.back_pad == "replicate"
+            for r in range(g - 1 + replicate):  # frame r of every group sees frame r + 1 of its group
+                nxt = rearrange(x[:, :, min(r + 1, g - 1)::g], "b c n h w -> (b n) c h w")
                 future = F.conv2d(nxt, weight[:, :, 2], padding=hw)
                 y[:, :, r::g] += rearrange(future, "(b n) c h w -> b c n h w", b=b)
             return y
@@ -180,7 +186,8 @@ class GroupCausalConv3d(_TemporalConv3d):
         idx = (torch.arange(n, device=x.device) * g)[:, None] + torch.arange(p, device=x.device)[None]  # n p
         front = seq[:, :, idx]  # b c n p h w
         body = rearrange(x, "b c (n g) h w -> b c n g h w", g=g)
-        back = x.new_zeros(b, x.shape[1], n, p, h, w)
+        back = (body[:, :, :, -1:].expand(-1, -1, -1, p, -1, -1) if self.back_pad == "replicate" else
+                x.new_zeros(b, x.shape[1], n, p, h, w))
         groups = torch.cat([front, body, back], dim=3)  # b c n (p + g + p) h w
         groups = rearrange(groups, "b c n g h w -> (b n) c g h w")
         y = self._conv_forward(groups, weight, self.bias)  # (b n) c_out g h w
@@ -211,18 +218,28 @@ class ConvSpec:
     tdc: bool = False
     group_size: int = 1
     lone_first: bool = False
+    back_pad: str = "zeros"  # group causal only: 'zeros' (IV-VAE) | 'replicate' (the group's last frame)
 
     def __post_init__(self):
         if self.kind not in ("causal", "group_causal"):
             raise ValueError(f"conv type must be 'causal' or 'group_causal', got '{self.kind}'")
+        check_back_pad(self.back_pad)
 
     def make(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> _TemporalConv3d:
         if self.kind == "causal":
             return CausalConv3d(in_channels, out_channels, kernel_size, tdc=self.tdc)
         if self.group_size == 1 and LEAN_GROUPS_OF_ONE:
-            return GroupOfOneConv3d(in_channels, out_channels, kernel_size, tdc=self.tdc)
+            return GroupOfOneConv3d(in_channels, out_channels, kernel_size, tdc=self.tdc, back_pad=self.back_pad)
         return GroupCausalConv3d(in_channels, out_channels, self.group_size, kernel_size, tdc=self.tdc,
-                                 lone_first=self.lone_first)
+                                 lone_first=self.lone_first, back_pad=self.back_pad)
+
+
+BACK_PADS = ("zeros", "replicate")
+
+
+def check_back_pad(back_pad: str) -> None:
+    if back_pad not in BACK_PADS:
+        raise ValueError(f"group-end padding must be one of {', '.join(BACK_PADS)}, got '{back_pad}'")
 
 
 # ConvSpec.make builds a group causal conv over groups of one frame as the causal conv without its dead future taps
@@ -242,18 +259,23 @@ class GroupOfOneConv3d(CausalConv3d):
     which is a causal conv of ``k_t' = p + 1`` taps (first frame replicated in front, the current frame the
     anchor). With TDC (eq. 5, anchor = centre tap ``p``) the group conv applies ``W_p - sum_{i != p} W_i`` to
     ``x_t``; the causal conv's TDC (eq. 7, anchor = last tap) applies ``V_p - sum_{i < p} V_i``, so the zero taps
-    fold into the anchor: ``V_i = W_i`` (i < p), ``V_p = W_p - sum_{i > p} W_i``. State-dict keys are unchanged,
+    fold into the anchor: ``V_i = W_i`` (i < p), ``V_p = W_p - sum_{i > p} W_i``. With ``back_pad='replicate'``
+    the back taps meet copies of ``x_t`` instead: without TDC they add to the anchor (``V_p = W_p + sum_{i > p}
+    W_i``), with TDC their differences are zero (``V_p = W_p``). Either way the two paddings give the same family
+    of functions for groups of one frame; they differ only in how a group-layout kernel converts. State-dict keys are unchanged,
     the temporal kernel is ``p + 1`` taps long instead of ``2 p + 1``; :meth:`old_weight` converts (and old
     checkpoints are converted on load). The 2D kernel of an inflated image VAE still goes to the anchor tap.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int, int] = 3,
-                 tdc: bool = False):
+                 tdc: bool = False, back_pad: str = "zeros"):
         k_t, k_h, k_w = _triple(kernel_size)
         if k_t % 2 != 1:
             raise ValueError(f"group causal conv needs an odd temporal kernel, got {k_t}")
+        check_back_pad(back_pad)
         super().__init__(in_channels, out_channels, (k_t // 2 + 1, k_h, k_w), tdc=tdc)
         self.group_kernel_t = k_t
+        self.back_pad = back_pad
 
     def old_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """The group causal kernel (c_out c_in 2p+1 k_h k_w) -> this module's kernel (c_out c_in p+1 k_h k_w)."""
@@ -261,8 +283,10 @@ class GroupOfOneConv3d(CausalConv3d):
         if weight.shape[2] != 2 * p + 1:
             raise ValueError(f"expected a group causal kernel of {2 * p + 1} taps, got {tuple(weight.shape)}")
         new = weight[:, :, :p + 1].clone()
-        if self.tdc:  # the zero taps fold into the anchor
+        if self.back_pad == "zeros" and self.tdc:  # the zero taps fold into the anchor
             new[:, :, p] -= weight[:, :, p + 1:].sum(dim=2)
+        elif self.back_pad == "replicate" and not self.tdc:  # the back taps see x_t: they add to the anchor
+            new[:, :, p] += weight[:, :, p + 1:].sum(dim=2)
         return new
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
