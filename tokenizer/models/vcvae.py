@@ -9,7 +9,8 @@ first-frame processing: clips of ``t_c * k`` frames, an image being a pseudo-vid
 at initialisation a static clip reconstructs exactly as the image VAE reconstructs each frame (sec. 3.2).
 
 Ablation switches (config fields): ``tdc`` (Tables 4, 8), ``conv_type='causal'`` (Table 4's causal rows),
-``first_frame='separate'`` (Table 6), ``group_end_pad='replicate'`` (the group-end padding the study compares with IV-VAE's zeros).
+``first_frame='separate'`` (Table 6), ``group_end_pad='replicate'`` (the group-end padding the study compares
+with IV-VAE's zeros).
 """
 from __future__ import annotations
 
