@@ -7,7 +7,8 @@ toolkit's own commands, in order:
 
 1. ``tokenizer.data``       decode the sample videos into clips and report what was loaded;
 2. ``tokenizer.train_vae``  train the tiny VAE on the small-run recipe (``configs/study/vae.yaml``) on the first 3/4
-   of each video (DeCo: phase 1 then phase 2 in one run);
+   of each video (DeCo: phase 1 then phase 2 in one run; VC-VAE: inflated from a small image VAE that
+   ``pipelines.study.image_vae`` trains first on the same frames, as the paper starts from Flux's, sec. 3.2);
 3. ``pipelines.eval_recon`` PSNR / SSIM / LPIPS / rFVD of its reconstructions of held-out clips (the last quarter);
 4. ``tokenizer.cache``      cache the latents of the training clips;
 5. ``diffusion.train_latte`` train a tiny Latte on that cache;
@@ -46,6 +47,7 @@ class DemoVAE:
     preset: str
     frames: int
     overrides: tuple[str, ...] = ()
+    image_init: bool = False  # inflated from an image VAE the demo trains first (VC-VAE sec. 3.2)
 
 
 # Every VAE trains the study's small-run recipe (configs/study/vae.yaml: L1 + KL, lr 2e-3 with warm-up, cosine decay
@@ -56,7 +58,7 @@ TRAIN_RANGE, TEST_RANGE = "[0.0, 0.75]", "[0.75, 1.0]"
 # residual 5) and the same tiny encoder / decoder widths.
 DEMO_VAES = {
     "deco": DemoVAE("deco", "deco-compact-tiny", 9),  # causal: 1 + 4k frames
-    "vcvae": DemoVAE("vcvae", "vcvae-tiny", 8),  # in-sequence: 4k frames
+    "vcvae": DemoVAE("vcvae", "vcvae-tiny", 8, image_init=True),  # in-sequence: 4k frames
     "plain": DemoVAE("plain", "plain-tiny", 9),
 }
 
@@ -72,13 +74,14 @@ class Budget:
     sample_steps: int
     resolution: int
     eval_clips: int
+    image_vae_steps: int
     batch_size: int = 4
 
 
 FULL = Budget(vae_steps=600, latte_steps=1500, clips_per_video=8, num_videos=8, sample_steps=20, resolution=32,
-              eval_clips=16)
+              eval_clips=16, image_vae_steps=1500)
 QUICK = Budget(vae_steps=4, latte_steps=6, clips_per_video=2, num_videos=4, sample_steps=4, resolution=32,
-               eval_clips=2, batch_size=2)
+               eval_clips=2, image_vae_steps=4, batch_size=2)
 
 
 def _run(title: str, args: Sequence[str]) -> None:
@@ -132,15 +135,23 @@ def run_demo(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
             print(f"\n=== 2-6. {v.preset}: every stage finished by an earlier run with this budget; reusing it "
                   f"(another --out starts afresh)", flush=True)
             continue
+        train_data = [f"data.resolution={res}", f"data.num_frames={v.frames}",
+                      f"data.clips_per_video={budget.clips_per_video}", f"data.time_range={TRAIN_RANGE}"]
+        init = []
+        if v.image_init:
+            image_vae = out / "image-vae"
+            if not (image_vae / "study.json").is_file():
+                _run("2a. train the image VAE that VC-VAE is inflated from (its training frames)",
+                     [*py, "pipelines.study.image_vae", "--out", str(image_vae), "--steps",
+                      str(budget.image_vae_steps), *train_data])
+            init = [f"model.init_from={image_vae}"]
         _run(f"2. train {v.preset}", [*py, "tokenizer.train_vae", "--config", RECIPE,
-                                      f"model.name={v.preset}", *v.overrides, f"train.run_dir={vae_run}",
+                                      f"model.name={v.preset}", *v.overrides, *init, f"train.run_dir={vae_run}",
                                       f"train.max_steps={budget.vae_steps}",
                                       f"train.checkpoint_every={max(budget.vae_steps // 3, 1)}",
                                       f"train.batch_size={budget.batch_size}",
                                       f"train.sample_every={budget.vae_steps}", "train.tracker=none",
-                                      f"data.resolution={res}", f"data.num_frames={v.frames}",
-                                      f"data.clips_per_video={budget.clips_per_video}",
-                                      f"data.time_range={TRAIN_RANGE}", *_phase_overrides(key, budget)])
+                                      *train_data, *_phase_overrides(key, budget)])
         if not (recon / "recon.json").is_file():
             _run(f"3. held-out reconstruction metrics of {v.preset}",
                  [*py, "pipelines.eval_recon", "--vae", v.preset, "--ckpt", str(vae_run), "--data",

@@ -178,3 +178,23 @@ def test_study_title_says_quick_full_or_what_was_reduced():
     assert study_mode(Namespace(**{**plain, "quick": True})).startswith("quick")
     reduced = study_mode(Namespace(**{**plain, "overrides": ["steps=120"], "only": ["plain", "deco-da"]}))
     assert reduced == "reduced (steps=120, --only plain deco-da)"
+
+
+def test_image_vae_command_trains_a_folder_vcvae_inflates_from(tmp_path):
+    """``python -m pipelines.study.image_vae`` (the demo's VC-VAE initialiser): a diffusers folder whose latent
+    normalisation VC-VAE adopts through ``init_from``; a finished folder is reused; a bad step count is exit 2."""
+    out = tmp_path / "image-vae"
+    cmd = [sys.executable, "-m", "pipelines.study.image_vae", "--out", str(out), "--steps", "3",
+           "data.clips_per_video=1", "data.resolution=32"]
+    first = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+    assert "32 training frames at 32 px, 3 steps" in first.stdout  # 4 videos x 1 clip x 8 frames
+    info = json.loads((out / "study.json").read_text())
+    from tokenizer import build_vae
+
+    vae = build_vae("vcvae-tiny", init_from=out)
+    assert vae.config.scaling_factor == pytest.approx(info["scaling_factor"])
+    stamp = (out / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+    assert (out / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
+    bad = subprocess.run([*cmd[:6], "0"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--steps 0" in bad.stderr

@@ -91,3 +91,44 @@ def image_vae_psnr(folder: Path, clips: torch.Tensor) -> float:
     recon = vae.decode(vae.encode(frames).latent_dist.mode()).sample.clamp(-1, 1)
     recon = rearrange(recon, "(n t) c h w -> n c t h w", n=clips.shape[0])
     return psnr_frames(clips, recon).mean().item()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.study.image_vae --out DIR [--steps N] [data.key=value ...]``: the study's image VAE alone
+    (its spec from the study config, its frames from the recipe's training clips), e.g. the demo's VC-VAE
+    initialiser. A finished folder is reused."""
+    import argparse
+    import dataclasses
+    import sys
+
+    from tokenizer.config import ConfigError, load_config
+
+    from . import runs
+    from .spec import StudyConfig, validate
+
+    p = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="the diffusers folder to write")
+    p.add_argument("--config", default="configs/study/study.yaml", help="study config: image_vae spec and recipe")
+    p.add_argument("--steps", type=int, help="training steps (default: the study config's image_vae.steps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*", help="overrides of the recipe's training config, e.g. data.resolution=32")
+    args = p.parse_args(argv)
+    try:
+        study = load_config(StudyConfig, args.config, [], validate=validate)
+        spec = study.image_vae if args.steps is None else dataclasses.replace(study.image_vae, steps=args.steps)
+        if spec.steps < 1:
+            raise ConfigError(f"invalid value '--steps {spec.steps}': at least 1")
+        recipe = runs.train_config(study, [*args.overrides, "train.run_dir=unused"], False)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    clips = runs.load_clips(recipe.data)
+    print(f"image VAE: {clips.shape[0] * clips.shape[2]} training frames at {recipe.data.resolution} px, "
+          f"{spec.steps} steps -> {args.out}", flush=True)
+    info = train_image_vae(spec, clips, Path(args.out), args.seed)
+    print(f"image VAE: {info['parameters']:,} parameters, {info['steps']} steps, {info['wall_s']:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
