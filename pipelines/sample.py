@@ -170,8 +170,8 @@ def _open_released(ckpt: Path, vae: str, vae_path: Optional[str], model: Optiona
     decoder = load_vae(vae_path, device=str(device))  # the frame-wise SD-VAE (tokenizer.models.sd)
     c = decoder.latent_channels
     # Latte's latents are the SD-VAE's times 0.18215 (the folder's scaling_factor): x = (z - shift) * scale
-    normalizer = LatentNormalizer("vae", [decoder.shift_factor] * c, [1.0 / decoder.scaling_factor] * c,
-                                  {"vae": decoder.name, "fingerprint": decoder.fingerprint()})
+    normalizer = LatentNormalizer.from_vae_factors(c, decoder.shift_factor, decoder.scaling_factor,
+                                                   {"vae": decoder.name, "fingerprint": decoder.fingerprint()})
     net = build_latte(model, in_channels=c, num_classes=num_classes, num_frames=latent_frames, input_size=latent_size)
     state = load_state_dict_file(ckpt)
     try:

@@ -53,7 +53,7 @@ class LatentNormalizer:
             return cls(mode, [0.0] * c, [1.0] * c, source)
         if mode == "vae":
             vae = ident["vae"]
-            return cls(mode, [vae["shift_factor"]] * c, [1.0 / vae["scaling_factor"]] * c, source)
+            return cls.from_vae_factors(c, vae["shift_factor"], vae["scaling_factor"], source)
         stats = manifest["stats"]
         key = "std_sampled" if sample and "std_sampled" in stats else "std"
         if sample and key != "std_sampled":
@@ -61,6 +61,12 @@ class LatentNormalizer:
         if "mean" not in stats:
             raise CacheError("the cache holds no clips, so it has no statistics to normalise with")
         return cls(mode, list(stats["mean"]), [max(s, 1e-12) for s in stats[key]], dict(source, std=key))
+
+    @classmethod
+    def from_vae_factors(cls, channels: int, shift_factor: float, scaling_factor: float,
+                         source: dict | None = None) -> "LatentNormalizer":
+        """The VAE's own normalisation, as diffusers applies it: ``x = (z - shift_factor) * scaling_factor``."""
+        return cls("vae", [shift_factor] * channels, [1.0 / scaling_factor] * channels, dict(source or {}))
 
     def _affine(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (-1, 1, 1, 1)  # channel axis 4th from the end: (C, T, H, W) or (B, C, T, H, W)
