@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     clips = runs.load_clips(recipe.data)
     print(f"image VAE: {clips.shape[0] * clips.shape[2]} training frames at {recipe.data.resolution} px, "
           f"{spec.steps} steps -> {args.out}", flush=True)
-    info = train_image_vae(spec, clips, Path(args.out), args.seed)
+    info = train_image_vae(spec, clips, Path(args.out), args.seed, lambda line: print(line, flush=True))
     print(f"image VAE: {info['parameters']:,} parameters, {info['steps']} steps, {info['wall_s']:.0f}s", flush=True)
     return 0
 
