@@ -2,6 +2,7 @@
 
     python benchmarks/bench_motion.py                  # every table, Markdown for BENCHMARKS.md (~5-10 CPU minutes)
     python benchmarks/bench_motion.py --quick          # 64 px only, fewer pairs (smoke run)
+    python benchmarks/bench_motion.py --candidate "new M=path.safetensors" --no-horn-schunck   # a retrained M
 
 Rows (every row on the same pairs, in one run): the shipped M (``tokenizer/weights/motion.safetensors``), OpenCV DIS
 (preset medium), OpenCV Farneback, the hand-written Horn-Schunck of the toolkit's commit fc595e0 (loaded from git),
@@ -59,12 +60,22 @@ class Zero(torch.nn.Module):
         return torch.zeros(x_t.shape[0], 3, *x_t.shape[-2:])
 
 
-def estimators() -> dict[str, torch.nn.Module]:
-    shipped = MotionModule(MotionConfig())
-    shipped.load_pretrained(default_weights_path())
-    return {"shipped M": shipped.estimator.eval(), "OpenCV DIS": MotionModule(MotionConfig(kind="classical")).estimator,
-            "OpenCV Farneback": MotionModule(MotionConfig(kind="classical", classical="farneback")).estimator,
-            f"Horn-Schunck ({OLD_COMMIT})": horn_schunck(), "zero motion": Zero()}
+def learned(path: Path) -> torch.nn.Module:
+    module = MotionModule(MotionConfig())
+    module.load_pretrained(path)
+    return module.estimator.eval()
+
+
+def estimators(candidates: dict[str, Path] | None = None, horn: bool = True) -> dict[str, torch.nn.Module]:
+    """The rows: the shipped M, any candidate weights files (``--candidate``), the classical estimators, zero."""
+    rows = {"shipped M": learned(default_weights_path())}
+    rows.update({name: learned(path) for name, path in (candidates or {}).items()})
+    rows.update({"OpenCV DIS": MotionModule(MotionConfig(kind="classical")).estimator,
+                 "OpenCV Farneback": MotionModule(MotionConfig(kind="classical", classical="farneback")).estimator})
+    if horn:
+        rows[f"Horn-Schunck ({OLD_COMMIT})"] = horn_schunck()
+    rows["zero motion"] = Zero()
+    return rows
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -185,19 +196,28 @@ def residual_table(size: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="64 px only, two photos, fewer video pairs")
+    parser.add_argument("--candidate", action="append", default=[], metavar="NAME=WEIGHTS",
+                        help="another motion weights file (python -m tokenizer.motion export) as its own row")
+    parser.add_argument("--no-horn-schunck", action="store_true", help="leave out the slow Horn-Schunck row")
+    parser.add_argument("--no-residual", action="store_true", help="leave out the DeCo-VAE residual table")
     args = parser.parse_args()
     sizes = [64] if args.quick else [64, 128, 256]
     photos = list(HELD_OUT_PHOTOS[:2] if args.quick else HELD_OUT_PHOTOS)
     print(header("benchmarks/bench_motion.py", note="shared with other jobs"))
-    ests = estimators()
+    bad = [c for c in args.candidate if "=" not in c or not Path(c.partition("=")[2]).is_file()]
+    if bad:
+        parser.error(f"--candidate expects NAME=WEIGHTS with an existing file, got {bad}")
+    ests = estimators({c.partition("=")[0]: Path(c.partition("=")[2]) for c in args.candidate},
+                      horn=not args.no_horn_schunck)
     print(f"Known motions of held-out photos ({', '.join(photos)}; {len(MOTIONS)} motions each):\n")
     print(known_motion_table(ests, sizes, photos), flush=True)
     print("\nReal video, held-out later 40 % of each sample video, 128 px, flow-only warp:\n")
     print(video_table(ests, 128, 3 if args.quick else 8), flush=True)
     print("\nSpeed, one pair:\n")
     print(speed_table(ests, sizes, 3 if args.quick else 10), flush=True)
-    print("\nDeCo-VAE residual energy (eq. 6), held-out 17-frame clips at 128 px, frames t >= 1:\n")
-    print(residual_table(128), flush=True)
+    if not args.no_residual:
+        print("\nDeCo-VAE residual energy (eq. 6), held-out 17-frame clips at 128 px, frames t >= 1:\n")
+        print(residual_table(128), flush=True)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,38 @@ def test_known_motion_pair_is_the_motion_it_claims():
         assert err < 0.35 * (x0 - xt)[..., 6:-6, 6:-6].abs().mean(), i
 
 
+def test_teacher_pairs_are_training_frames_with_a_flow_that_warps_them():
+    """Teacher pairs (motion_pairs.teacher_prob): two frames of a video, and a target flow that warps x_0 onto x_t
+    better than zero motion (a flow of the wrong direction -- DIS(x_0, x_t) -- or of mismatched frames fails);
+    the same (seed, epoch, index) gives the same pair; teacher_prob=0 leaves the known-motion pairs as they were."""
+    from tokenizer.motion.estimators import warp_px
+
+    t = torch.arange(12, dtype=torch.float32).view(12, 1, 1, 1)
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(128.0), indexing="ij")
+    # a synthetic "video": a textured pattern moving 1.5 px right per frame, as uint8 (t 3 h w)
+    frames = (127.5 + 60 * torch.sin((xx - 1.5 * t) / 5) * torch.cos(yy / 7)
+              + 40 * torch.sin((xx - 1.5 * t + yy) / 11)).expand(-1, 3, -1, -1).round().to(torch.uint8)
+    cfg = KnownMotionConfig(size=48, teacher_prob=1.0, teacher_max_gap=3, min_crop=0.6)
+    ds = KnownMotionPairs(cfg, pictures=(photo("camera"),), videos=(frames,))
+    for i in range(6):
+        item = ds[i]
+        x0, xt = item["video"][None, :, 0], item["video"][None, :, 1]
+        warped = warp_px(x0, item["flow"][None], (48, 48))
+        inner = (..., slice(6, -6), slice(6, -6))
+        assert (warped - xt)[inner].abs().mean() < 0.5 * (x0 - xt)[inner].abs().mean(), i
+        assert item["flow"][0, 6:-6, 6:-6].abs().mean() > 0.3  # the pattern moved: 1.5-4.5 px scaled by the crop
+    again = KnownMotionPairs(cfg, pictures=(photo("camera"),), videos=(frames,))
+    torch.testing.assert_close(ds[3]["video"], again[3]["video"])
+    again.set_epoch(1)
+    assert not torch.equal(ds[3]["video"], again[3]["video"])
+    plain = KnownMotionConfig(size=48)
+    a = KnownMotionPairs(plain, pictures=(photo("camera"),))[2]
+    b = KnownMotionPairs(KnownMotionConfig(size=48, teacher_prob=0.0), pictures=(photo("camera"),))[2]
+    torch.testing.assert_close(a["flow"], b["flow"])
+    with pytest.raises(ValueError, match="teacher_prob must be in"):
+        KnownMotionPairs(KnownMotionConfig(teacher_prob=1.5), pictures=(photo("camera"),))
+
+
 def test_train_and_held_out_material_are_disjoint():
     from tokenizer.motion.pairs import TRAIN_VIDEO_FRACTION, held_out_video_frames, train_video_frames
 

