@@ -86,7 +86,7 @@ class Budget:
 # clips after 1500 steps), at this size and batch 16 they take the training videos' content (25 dB; BENCHMARKS "Demo").
 LATTE = ("model.config.hidden_size=256", "model.config.depth=6", "model.config.num_heads=4")
 FULL = Budget(vae_steps=600, latte_steps=1500, clips_per_video=8, num_videos=8, sample_steps=20, resolution=32,
-              eval_clips=16, image_vae_steps=1000)
+              eval_clips=16, image_vae_steps=1500)
 QUICK = Budget(vae_steps=4, latte_steps=6, clips_per_video=2, num_videos=4, sample_steps=4, resolution=32,
                eval_clips=2, image_vae_steps=4, batch_size=2, latte_batch_size=2)
 
@@ -150,7 +150,7 @@ def run_demo(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
             if not (image_vae / "study.json").is_file():
                 _run("2a. train the image VAE that VC-VAE is inflated from (its training frames)",
                      [*py, "pipelines.study.image_vae", "--out", str(image_vae), "--steps",
-                      str(budget.image_vae_steps), *train_data])
+                      str(budget.image_vae_steps), "--random-crop-min", "0.5", *train_data])
             init = [f"model.init_from={image_vae}"]
         _run(f"2. train {v.preset}", [*py, "tokenizer.train_vae", "--config", RECIPE,
                                       f"model.name={v.preset}", *v.overrides, *init, f"train.run_dir={vae_run}",

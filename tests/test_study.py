@@ -198,3 +198,24 @@ def test_image_vae_command_trains_a_folder_vcvae_inflates_from(tmp_path):
     assert (out / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
     bad = subprocess.run([*cmd[:6], "0"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "--steps 0" in bad.stderr
+    crops = subprocess.run([*cmd[:4], str(tmp_path / "aug"), *cmd[5:], "--random-crop-min", "0.5"], cwd=ROOT,
+                           check=True, capture_output=True, text=True)
+    assert "random crops of [0.5, 1] x the side of 96 px frames, mirrored" in crops.stdout
+    assert build_vae("vcvae-tiny", init_from=tmp_path / "aug").config.scaling_factor > 0
+
+
+def test_random_crops_are_crops_of_the_frames():
+    """The image VAE's augmentation: with min_side 1 a crop is the whole frame resized (or mirrored); every crop of
+    a frame whose left half is -1 and right half +1 keeps that order, or its mirror image."""
+    from pipelines.study.image_vae import random_crops
+
+    frames = torch.cat([-torch.ones(1, 3, 12, 6), torch.ones(1, 3, 12, 6)], dim=-1)  # 1 3 12 12
+    whole = random_crops(frames, 8, 6, 1.0, torch.Generator().manual_seed(0))
+    import torch.nn.functional as F
+
+    resized = F.interpolate(frames, size=(6, 6), mode="bilinear", antialias=True, align_corners=False)
+    for crop in whole:
+        assert torch.allclose(crop, resized[0]) or torch.allclose(crop, resized[0].flip(-1))
+    crops = random_crops(frames, 16, 6, 0.5, torch.Generator().manual_seed(1))
+    assert crops.shape == (16, 3, 6, 6) and crops.abs().max() <= 1
+    assert len({tuple(c[0, 0].tolist()) for c in crops}) > 2  # crops differ in place and size

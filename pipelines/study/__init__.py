@@ -37,7 +37,7 @@ def run_study(study: StudyConfig, out: Path, recipe_overrides: Sequence[str] = (
               progress: bool = True, log: Callable[[str], None] = print, mode: str = "full",
               command: str = "") -> dict:
     from . import runs
-    from .image_vae import image_vae_psnr, train_image_vae
+    from .image_vae import AUGMENT_SOURCE, image_vae_psnr, train_image_vae
     from .report import write_report
 
     out = Path(out).resolve()
@@ -49,8 +49,11 @@ def run_study(study: StudyConfig, out: Path, recipe_overrides: Sequence[str] = (
     for seed in study.seeds:
         if any(v.start == "image_vae" for v in variants):
             base = runs.train_config(study, [*extra, f"train.run_dir={out / 'unused'}"], progress)
-            train_clips = runs.load_clips(base.data)  # the recipe's training clips (early part of each video)
-            info = train_image_vae(study.image_vae, train_clips, out / f"image-vae-s{seed}", seed, log)
+            data = base.data  # the recipe's training clips (early part of each video); at 3x for random crops
+            if study.image_vae.random_crop_min < 1:
+                data = dataclasses.replace(data, resolution=data.resolution * AUGMENT_SOURCE)
+            info = train_image_vae(study.image_vae, runs.load_clips(data), out / f"image-vae-s{seed}", seed, log,
+                                   size=base.data.resolution)
             test = runs.load_clips(runs.test_data_config(study, base))
             image_facts.append({**info, "psnr": image_vae_psnr(out / f"image-vae-s{seed}", test)})
         for v in variants:

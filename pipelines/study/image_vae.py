@@ -30,12 +30,36 @@ def build_image_vae(spec: ImageVAESpec):
                          use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=True)
 
 
-def train_image_vae(spec: ImageVAESpec, clips: torch.Tensor, out: Path, seed: int, log=print) -> dict:
+AUGMENT_SOURCE = 3  # with random crops, frames are decoded at this multiple of the training size
+
+
+def random_crops(frames: torch.Tensor, n: int, size: int, min_side: float, gen: torch.Generator) -> torch.Tensor:
+    """``n`` random square crops of ``frames`` (N c S S), side uniform in [min_side S, S], resized to ``size``
+    (antialiased), each mirrored with probability 1/2."""
+    import torch.nn.functional as F
+
+    side_px = frames.shape[-1]
+    out = []
+    for i in torch.randint(len(frames), (n,), generator=gen).tolist():
+        s = int(torch.randint(int(min_side * side_px), side_px + 1, (1,), generator=gen))
+        y, x = (int(torch.randint(side_px - s + 1, (1,), generator=gen)) for _ in range(2))
+        crop = F.interpolate(frames[i:i + 1, :, y:y + s, x:x + s], size=(size, size), mode="bilinear",
+                             antialias=True, align_corners=False)
+        out.append(crop.flip(-1) if float(torch.rand(1, generator=gen)) < 0.5 else crop)
+    return torch.cat(out).clamp(-1, 1)
+
+
+def train_image_vae(spec: ImageVAESpec, clips: torch.Tensor, out: Path, seed: int, log=print,
+                    size: int | None = None) -> dict:
     """Train on the frames of ``clips`` (n c t h w in [-1, 1]) and save to ``out``; returns what it measured.
-    A finished folder (``study.json`` beside the weights) is reused as it is."""
+    With ``spec.random_crop_min < 1`` the clips are at a higher resolution and every batch is random crops of them
+    resized to ``size`` (:func:`random_crops`). A finished folder (``study.json`` beside the weights) is reused."""
     done = out / "study.json"
     if done.is_file():
         return json.loads(done.read_text())
+    augment = spec.random_crop_min < 1
+    if augment and size is None:
+        raise ValueError("random crops need the training size (size=)")
     torch.manual_seed(seed)
     frames = rearrange(clips, "n c t h w -> (n t) c h w")
     vae = build_image_vae(spec).train()
@@ -51,7 +75,10 @@ def train_image_vae(spec: ImageVAESpec, clips: torch.Tensor, out: Path, seed: in
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for step in range(spec.steps):
-        batch = frames[torch.randint(len(frames), (spec.batch_size,), generator=gen)]
+        if augment:
+            batch = random_crops(frames, spec.batch_size, size, spec.random_crop_min, gen)
+        else:
+            batch = frames[torch.randint(len(frames), (spec.batch_size,), generator=gen)]
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
         loss = (recon - batch).abs().mean() + spec.kl_weight * posterior.kl().mean()
@@ -63,11 +90,16 @@ def train_image_vae(spec: ImageVAESpec, clips: torch.Tensor, out: Path, seed: in
         if (step + 1) % max(spec.steps // 5, 1) == 0:
             log(f"image VAE step {step + 1}/{spec.steps}: L1 {loss.item():.4f}")
     vae.eval()
+    if augment:  # the latent statistics of the frames as VC-VAE will see them: whole, at the training size
+        import torch.nn.functional as F
+
+        frames = F.interpolate(frames, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     with torch.no_grad():
         z = torch.cat([vae.encode(f).latent_dist.mode() for f in frames.split(256)])
     shift, std = z.mean().item(), z.std().item()
     vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / std)
     info = {"steps": spec.steps, "frames": len(frames), "wall_s": time.perf_counter() - start,
+            "random_crop_min": spec.random_crop_min,
             "scaling_factor": 1.0 / std, "shift_factor": shift,
             "parameters": sum(p.numel() for p in vae.parameters())}
     tmp = out.with_name(f".{out.name}.partial")
@@ -111,21 +143,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/study/study.yaml", help="study config: image_vae spec and recipe")
     p.add_argument("--steps", type=int, help="training steps (default: the study config's image_vae.steps)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random-crop-min", type=float, help="augment: random crops of [this, 1] x the frame side, "
+                   "mirrored (default: the study config's image_vae.random_crop_min)")
     p.add_argument("overrides", nargs="*", help="overrides of the recipe's training config, e.g. data.resolution=32")
     args = p.parse_args(argv)
     try:
         study = load_config(StudyConfig, args.config, [], validate=validate)
-        spec = study.image_vae if args.steps is None else dataclasses.replace(study.image_vae, steps=args.steps)
+        spec = study.image_vae
+        if args.steps is not None:
+            spec = dataclasses.replace(spec, steps=args.steps)
+        if args.random_crop_min is not None:
+            spec = dataclasses.replace(spec, random_crop_min=args.random_crop_min)
         if spec.steps < 1:
             raise ConfigError(f"invalid value '--steps {spec.steps}': at least 1")
+        if not 0 < spec.random_crop_min <= 1:
+            raise ConfigError(f"invalid value '--random-crop-min {spec.random_crop_min}': in (0, 1]")
         recipe = runs.train_config(study, [*args.overrides, "train.run_dir=unused"], False)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    clips = runs.load_clips(recipe.data)
-    print(f"image VAE: {clips.shape[0] * clips.shape[2]} training frames at {recipe.data.resolution} px, "
-          f"{spec.steps} steps -> {args.out}", flush=True)
-    info = train_image_vae(spec, clips, Path(args.out), args.seed, lambda line: print(line, flush=True))
+    size = recipe.data.resolution
+    augment = spec.random_crop_min < 1
+    data = dataclasses.replace(recipe.data, resolution=size * AUGMENT_SOURCE) if augment else recipe.data
+    clips = runs.load_clips(data)
+    print(f"image VAE: {clips.shape[0] * clips.shape[2]} training frames at {size} px"
+          + (f" (random crops of [{spec.random_crop_min:g}, 1] x the side of {data.resolution} px frames, mirrored)"
+             if augment else "") + f", {spec.steps} steps -> {args.out}", flush=True)
+    info = train_image_vae(spec, clips, Path(args.out), args.seed, lambda line: print(line, flush=True), size)
     print(f"image VAE: {info['parameters']:,} parameters, {info['steps']} steps, {info['wall_s']:.0f}s", flush=True)
     return 0
 

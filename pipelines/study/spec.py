@@ -62,6 +62,9 @@ class ImageVAESpec:
     lr: float = 2.0e-3
     warmup_steps: int = 30
     kl_weight: float = 1.0e-7
+    # augmentation: a random square crop of [random_crop_min, 1] x the side of frames decoded at 3x the size, resized
+    # to the size, mirrored half the time (1.0: the frames as they are, no mirroring: the study's setting)
+    random_crop_min: float = 1.0
 
 
 @dataclass
