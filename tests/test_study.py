@@ -83,6 +83,9 @@ def test_report_numbers_are_the_runs_held_out_numbers(quick):
             assert got["seeds"] == pytest.approx(per) and got["mean"] == pytest.approx(sum(per) / len(per))
             assert len(per) == len(spec.seeds)
         assert all("direction" in r for r in t["rows"][1:])
+    for line in md.splitlines():  # every table row has its 6 cells (a label's own '|' is escaped)
+        if line.startswith("| ") and "`" in line:
+            assert len(line.replace("\\|", "").split("|")) == 8, line
     assert (quick / "study.png").stat().st_size > 10_000
     # recompute vcvae-image, seed 1, from its weights and freshly cut held-out clips
     run = quick / "runs" / "vcvae-image-s1"

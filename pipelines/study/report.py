@@ -106,7 +106,8 @@ def markdown(study: StudyConfig, tables: list[tuple[Table, list[dict]]], facts: 
             extra = r.get("direction", "")
             if r.get("steps_to_first_row_final") is not None and "sec. 3.2" in table.title:
                 extra += f"; reaches the first row's final PSNR at step {r['steps_to_first_row_final']}"
-            lines.append(f"| {r['label']} (`{r['variant']}`) | {paper} | {r['mean']:.2f} ± {r['std']:.2f} | {seeds} "
+            label = r["label"].replace("|", "\\|")  # a label's own bars must not split the Markdown row
+            lines.append(f"| {label} (`{r['variant']}`) | {paper} | {r['mean']:.2f} ± {r['std']:.2f} | {seeds} "
                          f"| {r['wall_s']:.0f} | {extra} |")
         if table.note:
             lines += ["", table.note]
