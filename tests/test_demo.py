@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "pipelines.demo", "--quick", "--vaes", "deco", "--out", str(out)]
+    cmd = [sys.executable, "-m", "pipelines.demo", "--quick", "--vaes", "deco", "vcvae", "--out", str(out)]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
     report = json.loads((out / "report" / "vae_report.json").read_text())
     assert isinstance(report, list)  # pipelines.report writes one object per VAE
@@ -30,11 +30,19 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
 
     vae_cfg = yaml.safe_load((out / "vae-deco" / "config.yaml").read_text())
     assert vae_cfg["data"]["time_range"] == [0.0, 0.75] and vae_cfg["model"]["name"] == "deco-compact-tiny"
+    # VC-VAE starts from the image VAE the demo trained on the same training frames, at a fine-tuning lr
+    vc_cfg = yaml.safe_load((out / "vae-vcvae" / "config.yaml").read_text())
+    assert Path(vc_cfg["model"]["init_from"]) == out / "image-vae" and vc_cfg["optim"]["lr"] == 2e-4
+    assert json.loads((out / "image-vae" / "study.json").read_text())["random_crop_min"] == 0.5
+    latte_cfg = yaml.safe_load((out / "latte-vcvae" / "config.yaml").read_text())
+    assert latte_cfg["model"]["config"]["hidden_size"] == 256
+    assert latte_cfg["train"]["batch_size"] == QUICK.latte_batch_size
+    assert {r["vae"] for r in report} == {"deco-compact-tiny", "vcvae-tiny"}
     assert len(list((out / "samples-deco").rglob("*.mp4"))) == 4
     # a second run reuses everything: no training step, no new video
     mtimes = {p: p.stat().st_mtime for p in (out / "samples-deco").rglob("*.mp4")}
     again = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
-    assert "every stage finished by an earlier run" in again.stdout and "=== 2. train" not in again.stdout
+    assert "every stage finished by an earlier run" in again.stdout and "=== 2" not in again.stdout
     assert {p: p.stat().st_mtime for p in mtimes} == mtimes
     latest = (out / "vae-deco" / "latest").read_text().strip()
     assert latest == f"step-{QUICK.vae_steps:06d}"  # the VAE run stayed at its last step
