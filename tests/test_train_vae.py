@@ -343,20 +343,20 @@ def test_deco_stages_as_separate_runs(tmp_path, real_clips):
     ckpt = tmp_path / "damaged.safetensors"
     save_weights({f"estimator.{k}": v for k, v in damaged.estimator.state_dict().items()}, ckpt,
                  config={"motion": damaged.record()})
-    motion = trainer(tmp_path / "motion", "train.max_steps=20", "optim.lr=3e-4", f"model.config.motion_ckpt={ckpt}",
+    motion = trainer(tmp_path / "motion", "train.max_steps=40", "optim.lr=3e-4", f"model.config.motion_ckpt={ckpt}",
                      *ONE_CLIP, config="deco_motion_tiny.yaml")
     motion.setup()
     pairs = [known_motion_pair(photo(n), 64, homography(64, 2.5, -1.5, 1.02)) for n in ("coffee", "rocket")]  # held out
     x0, xt, flow = (torch.stack(v) for v in zip(*pairs))
     epe0 = flow_error(motion.model.motion, xt, x0, flow)
     s0 = group_states(motion)
-    while motion.step < 20:
+    while motion.step < 40:
         motion.train_step()
     motion.monitor.close()
     assert changed(s0, group_states(motion)) == {"motion": True, "enc_k": False, "enc_m": False, "enc_r": False,
                                                  "decoder": False}
     # judged on the FLOW alone (a module that only learned to blur would not lower it)
-    assert flow_error(motion.model.motion, xt, x0, flow) < 0.9 * epe0  # 1.47 -> 1.26 px when written
+    assert flow_error(motion.model.motion, xt, x0, flow) < 0.9 * epe0  # 1.56 -> 0.96 px with the teacher-tuned M
 
     p1 = trainer(tmp_path / "p1", "train.max_steps=2", f"model.init_from_run={tmp_path / 'motion'}", *ONE_CLIP,
                  config="deco_phase1_tiny.yaml", datasets=one)
