@@ -24,6 +24,7 @@ one of the toolkit's resumable commands; a second run with the same budget skips
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -50,9 +51,10 @@ class DemoVAE:
     image_init: bool = False  # inflated from an image VAE the demo trains first (VC-VAE sec. 3.2)
 
 
-# Every VAE trains the study's small-run recipe (configs/study/vae.yaml: L1 + KL, lr 2e-3 with warm-up, cosine decay
+# Every VAE trains the study's small-run recipe (configs/study/vae.yaml: L1 + KL, lr 2e-3 with warm-up, a constant lr
 # and gradient clipping) on the early 3/4 of each sample video; the last quarter is held out for its PSNR.
 RECIPE = "configs/study/vae.yaml"
+IMAGE_VAE_CROP_MIN = 0.5  # VC-VAE's image VAE trains on random crops of [0.5, 1] x the frame side, mirrored
 TRAIN_RANGE, TEST_RANGE = "[0.0, 0.75]", "[0.75, 1.0]"
 # Equal latent size: both default VAEs have 16 latent channels at 4x8x8 (deco-compact-tiny: keyframe 6 + motion 5 +
 # residual 5) and the same tiny encoder / decoder widths.
@@ -147,10 +149,15 @@ def run_demo(out: Path, vaes: Sequence[str], budget: Budget) -> Path:
         init = []
         if v.image_init:
             image_vae = out / "image-vae"
-            if not (image_vae / "study.json").is_file():
+            from pipelines.study.image_vae import finished_image_vae
+            from pipelines.study.spec import ImageVAESpec
+
+            spec = dataclasses.replace(ImageVAESpec(), steps=budget.image_vae_steps,
+                                       random_crop_min=IMAGE_VAE_CROP_MIN)
+            if finished_image_vae(image_vae, spec) is None:
                 _run("2a. train the image VAE that VC-VAE is inflated from (its training frames)",
                      [*py, "pipelines.study.image_vae", "--out", str(image_vae), "--steps",
-                      str(budget.image_vae_steps), "--random-crop-min", "0.5", *train_data])
+                      str(budget.image_vae_steps), "--random-crop-min", str(IMAGE_VAE_CROP_MIN), *train_data])
             init = [f"model.init_from={image_vae}"]
         _run(f"2. train {v.preset}", [*py, "tokenizer.train_vae", "--config", RECIPE,
                                       f"model.name={v.preset}", *v.overrides, *init, f"train.run_dir={vae_run}",

@@ -123,10 +123,12 @@ def test_temporal_samplers_select_and_broadcast_at_init():
     (lambda: CausalConv3d(3, 4, 3, tdc=True), [1, 3, 2, 4]),
     (lambda: GroupCausalConv3d(3, 4, 2, tdc=True), [2, 4, 2]),
     (lambda: GroupCausalConv3d(3, 4, 2, tdc=True, lone_first=True), [3, 2, 4]),
+    (lambda: GroupCausalConv3d(3, 4, 2, tdc=True, back_pad="replicate"), [2, 4, 2]),
+    (lambda: GroupCausalConv3d(3, 4, 2, (5, 3, 3), tdc=True), [2, 4, 2]),  # two frames of history
     (lambda: TemporalDownsample(3, tdc=True), [3, 3, 1, 3]),  # chunk edges inside a stride window
     (lambda: TemporalDownsample(3, tdc=True, causal_first=True), [1, 4, 3, 3]),
     (lambda: TemporalUpsample(3, tdc=True, drop_first=True), [2, 1, 3]),
-], ids=["causal", "group", "group-lone-first", "down", "down-causal", "up-causal"])
+], ids=["causal", "group", "group-lone-first", "group-replicate", "group-kt5", "down", "down-causal", "up-causal"])
 def test_chunked_equals_whole_per_module(make, chunks):
     module = _rand(make())
     x = torch.randn(1, 3, sum(chunks), 4, 4)
@@ -157,7 +159,12 @@ def test_cache_entries_own_exactly_the_frames_they_keep(name):
             assert len(entries) > 5
             for module, frames in entries:
                 assert frames.untyped_storage().nbytes() == frames.numel() * frames.element_size()
-                assert frames.shape[2] <= (module.pad if isinstance(module, GroupCausalConv3d) else module.k_t - 1)
+                if isinstance(module, GroupCausalConv3d):
+                    assert frames.shape[2] == module.pad
+                elif module.stride[0] == 1:
+                    assert frames.shape[2] == module.k_t - 1
+                else:  # a strided conv keeps what its next output window still needs
+                    assert frames.shape[2] < module.k_t
             assert cache.nbytes() == sum(f.numel() * f.element_size() for _, f in entries)
 
 
@@ -170,7 +177,12 @@ def test_group_of_one_is_the_group_causal_conv_without_its_dead_tap(tdc, lone_fi
     the padding says), is the causal k_t = 2 conv: same outputs, whole clip and chunk by chunk, 2/3 of the kernel."""
     old = _rand(GroupCausalConv3d(c_in, 4, 1, 3, tdc=tdc, lone_first=lone_first, back_pad=back_pad))
     new = GroupOfOneConv3d(c_in, 4, 3, tdc=tdc, back_pad=back_pad)
-    new.load_state_dict(old.state_dict())  # the old k_t = 3 kernel, converted on load
+    if back_pad == "zeros":
+        new.load_state_dict(old.state_dict())  # the old k_t = 3 kernel, converted on load
+    else:  # no checkpoint of the old layout used this padding: loading one into it is refused
+        with pytest.raises(ValueError, match="group_end_pad='zeros'"):
+            new.load_state_dict(old.state_dict())
+        new.load_state_dict({"weight": new.old_weight(old.weight), "bias": old.bias})
     assert new.weight.shape[2] == 2 and new.anchor == 1
     x = torch.randn(2, c_in, 7, 5, 5)
     torch.testing.assert_close(new(x), old(x), atol=1e-4, rtol=1e-4)

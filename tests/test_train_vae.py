@@ -356,7 +356,7 @@ def test_deco_stages_as_separate_runs(tmp_path, real_clips):
     assert changed(s0, group_states(motion)) == {"motion": True, "enc_k": False, "enc_m": False, "enc_r": False,
                                                  "decoder": False}
     # judged on the FLOW alone (a module that only learned to blur would not lower it)
-    assert flow_error(motion.model.motion, xt, x0, flow) < 0.9 * epe0  # 1.56 -> 0.96 px with the teacher-tuned M
+    assert flow_error(motion.model.motion, xt, x0, flow) < 0.75 * epe0  # 1.56 -> 0.96 px with the teacher-tuned M
 
     p1 = trainer(tmp_path / "p1", "train.max_steps=2", f"model.init_from_run={tmp_path / 'motion'}", *ONE_CLIP,
                  config="deco_phase1_tiny.yaml", datasets=one)

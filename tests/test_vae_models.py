@@ -15,6 +15,7 @@ VARIANTS = {
     "vcvae-tiny": ("vcvae-tiny", {}, 32),
     "vcvae-tiny-separate": ("vcvae-tiny", {"first_frame": "separate"}, 33),
     "vcvae-tiny-causalconv": ("vcvae-tiny", {"conv_type": "causal"}, 32),
+    "vcvae-tiny-replicate-pad": ("vcvae-tiny", {"group_end_pad": "replicate"}, 32),
     "vcvae-8x-tiny": ("vcvae-8x-tiny", {}, 32),
 }
 

@@ -80,6 +80,8 @@ def test_group_end_pad_reaches_every_group_causal_conv():
     assert pads == {"replicate"}
     with pytest.raises(ValueError, match="group_end_pad must be one of zeros, replicate"):
         build_vae("vcvae-tiny", group_end_pad="mirror")
+    with pytest.raises(ValueError, match="needs conv_type='group_causal'"):
+        build_vae("vcvae-tiny", group_end_pad="replicate", conv_type="causal")
 
 
 def test_centre_and_tail_initialisation(image_vae_dir):

@@ -9,13 +9,14 @@ is measured on the training frames, as Flux's was. The folder is written atomica
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from pathlib import Path
 
 import torch
 from einops import rearrange
+
+from tokenizer.training.vae_config import schedule_factor
 
 from .spec import ImageVAESpec
 
@@ -49,14 +50,25 @@ def random_crops(frames: torch.Tensor, n: int, size: int, min_side: float, gen: 
     return torch.cat(out).clamp(-1, 1)
 
 
+def finished_image_vae(out: Path, spec: ImageVAESpec) -> dict | None:
+    """The record of an image VAE finished earlier in ``out`` with the same steps and augmentation, else None
+    (a folder made with other settings, e.g. by a ``--quick`` run, is trained again)."""
+    try:
+        info = json.loads((out / "study.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = info.get("steps") == spec.steps and info.get("random_crop_min", 1.0) == spec.random_crop_min
+    return info if same else None
+
+
 def train_image_vae(spec: ImageVAESpec, clips: torch.Tensor, out: Path, seed: int, log=print,
                     size: int | None = None) -> dict:
     """Train on the frames of ``clips`` (n c t h w in [-1, 1]) and save to ``out``; returns what it measured.
     With ``spec.random_crop_min < 1`` the clips are at a higher resolution and every batch is random crops of them
-    resized to ``size`` (:func:`random_crops`). A finished folder (``study.json`` beside the weights) is reused."""
-    done = out / "study.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    resized to ``size`` (:func:`random_crops`). A folder finished with the same settings is reused."""
+    done = finished_image_vae(out, spec)
+    if done is not None:
+        return done
     augment = spec.random_crop_min < 1
     if augment and size is None:
         raise ValueError("random crops need the training size (size=)")
@@ -64,14 +76,8 @@ def train_image_vae(spec: ImageVAESpec, clips: torch.Tensor, out: Path, seed: in
     frames = rearrange(clips, "n c t h w -> (n t) c h w")
     vae = build_image_vae(spec).train()
     opt = torch.optim.Adam(vae.parameters(), lr=spec.lr, betas=(0.9, 0.99))
-    w = max(spec.warmup_steps, 1)
-
-    def factor(i: int) -> float:  # the VAE trainer's recipe: linear warm-up, cosine to 5 %
-        if i < w:
-            return (i + 1) / w
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min((i - w) / max(spec.steps - w - 1, 1), 1.0)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    # linear warm-up, then a cosine to 5 % (the VAE trainer's optim.schedule=cosine)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: schedule_factor(i, max(spec.warmup_steps, 1), spec.steps))
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for step in range(spec.steps):

@@ -92,6 +92,11 @@ class StudyConfig:
 
 def validate(cfg: StudyConfig) -> None:
     check_at_least(cfg, ("steps", "eval_every", "motion_steps"))
+    iv = cfg.image_vae
+    if iv.steps < 1 or iv.batch_size < 1:
+        raise ConfigError(f"invalid value 'image_vae.steps={iv.steps}, image_vae.batch_size={iv.batch_size}': >= 1")
+    if not 0 < iv.random_crop_min <= 1:
+        raise ConfigError(f"invalid value 'image_vae.random_crop_min={iv.random_crop_min}': in (0, 1]")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"invalid value 'seeds={cfg.seeds}': distinct seeds, at least one")
     if not 0 < cfg.phase2_at < 1:

@@ -70,6 +70,9 @@ class BackboneConfig:
             raise ValueError(f"first_frame must be 'in_sequence' or 'separate', got '{self.first_frame}'")
         if self.group_end_pad not in BACK_PADS:
             raise ValueError(f"group_end_pad must be one of {', '.join(BACK_PADS)}, got '{self.group_end_pad}'")
+        if self.group_end_pad != "zeros" and self.conv_type != "group_causal":
+            raise ValueError(f"group_end_pad='{self.group_end_pad}' needs conv_type='group_causal' (causal convs pad "
+                             "nothing behind)")
         levels = list(self.temporal_down_levels)
         if len(set(levels)) != len(levels) or any(not 0 <= l < n - 1 for l in levels):  # levels with a spatial down
             raise ValueError(f"temporal_down_levels {levels} must be distinct levels in 0..{n - 2}")

@@ -124,8 +124,8 @@ class GroupCausalConv3d(_TemporalConv3d):
     zeros, so at the last frame of every group TDC computes ``W_f * (0 - X_t)`` and a static clip does *not* give
     the same output at group ends as inside a group (unless the future taps are zero, as at inflation);
     ``back_pad='replicate'`` pads with copies of the group's last frame, so a static clip stays static everywhere.
-    Groups of one frame are built as :class:`GroupOfOneConv3d` by :class:`ConvSpec`. ``lone_first=True`` (separate
-    first-frame processing) makes the first frame a group of its own at every level. The TDC anchor is the centre tap, VC-VAE eq. 5.
+    Groups of one frame are built as :class:`GroupOfOneConv3d` by :class:`ConvSpec`. ``lone_first=True``
+    (separate first-frame processing) makes the first frame a group of its own at every level. The TDC anchor is the centre tap, VC-VAE eq. 5.
     """
 
     def __init__(self, in_channels: int, out_channels: int, group_size: int, kernel_size: int | tuple = 3,
@@ -249,7 +249,7 @@ LEAN_GROUPS_OF_ONE = True
 
 
 class GroupOfOneConv3d(CausalConv3d):
-    """A group causal conv whose groups hold one frame, computed without the taps that only see the zero pad.
+    """A group causal conv whose groups hold one frame, computed without the taps that only see the back pad.
 
     A group of one frame ``t``, padded in front with the ``p = k_t // 2`` frames before it (copies of frame 0 at
     the start of the clip) and behind with ``p`` zero frames (VC-VAE eq. 2), meets the back taps only on zeros:
@@ -263,8 +263,8 @@ class GroupOfOneConv3d(CausalConv3d):
     the back taps meet copies of ``x_t`` instead: without TDC they add to the anchor (``V_p = W_p + sum_{i > p}
     W_i``), with TDC their differences are zero (``V_p = W_p``). Either way the two paddings give the same family
     of functions for groups of one frame; they differ only in how a group-layout kernel converts. State-dict keys
-    are unchanged, the temporal kernel is ``p + 1`` taps long instead of ``2 p + 1``; :meth:`old_weight` converts (and old
-    checkpoints are converted on load). The 2D kernel of an inflated image VAE still goes to the anchor tap.
+    are unchanged, the temporal kernel is ``p + 1`` taps long instead of ``2 p + 1``; :meth:`old_weight` converts
+    (and checkpoints of the old layout, all saved with zero padding, are converted on load). The 2D kernel of an inflated image VAE still goes to the anchor tap.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int, int] = 3,
@@ -292,6 +292,9 @@ class GroupOfOneConv3d(CausalConv3d):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         w = state_dict.get(prefix + "weight")
         if w is not None and w.ndim == 5 and w.shape[2] == self.group_kernel_t != self.k_t:
+            if self.back_pad != "zeros":  # checkpoints of the old layout predate the switch: they padded with zeros
+                raise ValueError(f"{prefix}weight has the old {self.group_kernel_t}-tap layout, saved with zero "
+                                 "group-end padding; load it with group_end_pad='zeros'")
             state_dict[prefix + "weight"] = self.old_weight(w)  # a checkpoint of the old (group causal) layout
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

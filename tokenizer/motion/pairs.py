@@ -75,9 +75,10 @@ def training_videos(max_side: int = 640) -> tuple[torch.Tensor, ...]:
         path = sample_videos_dir() / v
         frames = read_video_frames(path, list(train_video_frames(video_num_frames(path)))).permute(0, 3, 1, 2)
         k = max_side / max(frames.shape[-2:])
-        if k < 1:
-            frames = F.interpolate(frames.float(), scale_factor=k, mode="bilinear", antialias=True,
-                                   align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        if k < 1:  # a few frames at a time: a whole 720p video in float would be about 1 GB
+            frames = torch.cat([F.interpolate(f.float(), scale_factor=k, mode="bilinear", antialias=True,
+                                              align_corners=False).round().clamp(0, 255).to(torch.uint8)
+                                for f in frames.split(8)])
         out.append(frames.contiguous())
     return tuple(out)
 

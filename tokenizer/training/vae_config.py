@@ -183,14 +183,19 @@ def lr_factor(cfg: VAETrainConfig, taken: int) -> float:
     the loss keeps bouncing at the final lr.
     """
     o = cfg.optim
-    w = o.warmup_steps
-    if taken < w:
-        return (taken + 1) / w
-    if o.schedule == "constant":
+    return schedule_factor(taken, o.warmup_steps, cfg.train.max_steps, o.schedule, o.min_lr_ratio)
+
+
+def schedule_factor(taken: int, warmup: int, total: int, schedule: str = "cosine", min_ratio: float = 0.05) -> float:
+    """:func:`lr_factor` without a config: warm-up over ``warmup`` steps, then ``constant`` or a cosine from 1 to
+    ``min_ratio`` at step ``total`` (also the study's image VAE's schedule)."""
+    if taken < warmup:
+        return (taken + 1) / warmup
+    if schedule == "constant":
         return 1.0
-    span = max(cfg.train.max_steps - w - 1, 1)  # steps w+1 .. max_steps: progress 0 .. 1
-    progress = min((taken - w) / span, 1.0)
-    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    span = max(total - warmup - 1, 1)  # steps warmup+1 .. total: progress 0 .. 1
+    progress = min((taken - warmup) / span, 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def active_phase(cfg: VAETrainConfig, step: int) -> int | None:
