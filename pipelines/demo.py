@@ -69,7 +69,7 @@ DEMO_VAES = {
 
 @dataclass(frozen=True)
 class Budget:
-    """How long each stage trains; ``QUICK`` is the CI setting, ``FULL`` the default demo (aimed at < 15 min on 2 cores)."""
+    """How long each stage trains; ``QUICK`` is the CI setting, ``FULL`` the default demo (< 15 min on 2 cores)."""
 
     vae_steps: int
     latte_steps: int

@@ -125,7 +125,8 @@ class GroupCausalConv3d(_TemporalConv3d):
     the same output at group ends as inside a group (unless the future taps are zero, as at inflation);
     ``back_pad='replicate'`` pads with copies of the group's last frame, so a static clip stays static everywhere.
     Groups of one frame are built as :class:`GroupOfOneConv3d` by :class:`ConvSpec`. ``lone_first=True``
-    (separate first-frame processing) makes the first frame a group of its own at every level. The TDC anchor is the centre tap, VC-VAE eq. 5.
+    (separate first-frame processing) makes the first frame a group of its own at every level. The TDC anchor is
+    the centre tap, VC-VAE eq. 5.
     """
 
     def __init__(self, in_channels: int, out_channels: int, group_size: int, kernel_size: int | tuple = 3,
@@ -264,7 +265,8 @@ class GroupOfOneConv3d(CausalConv3d):
     W_i``), with TDC their differences are zero (``V_p = W_p``). Either way the two paddings give the same family
     of functions for groups of one frame; they differ only in how a group-layout kernel converts. State-dict keys
     are unchanged, the temporal kernel is ``p + 1`` taps long instead of ``2 p + 1``; :meth:`old_weight` converts
-    (and checkpoints of the old layout, all saved with zero padding, are converted on load). The 2D kernel of an inflated image VAE still goes to the anchor tap.
+    (and checkpoints of the old layout, all saved with zero padding, are converted on load). The 2D kernel of an
+    inflated image VAE still goes to the anchor tap.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int, int] = 3,
