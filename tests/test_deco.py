@@ -362,3 +362,44 @@ def test_several_keyframes_encode_x_k_in_full(clip):
         old = vae.enc_k(vae.decouple(clip)["keyframe"])
         torch.testing.assert_close(vae.encode(clip, chunk_size=0).mean[:, :16], old[:, :16], atol=1e-5, rtol=1e-4)
     assert sum(_frames_seen(vae.enc_k.conv_in, lambda: vae.encode(clip, chunk_size=4))) == 17
+
+
+def test_init_from_image_vae_starts_each_stream_as_the_image_vae(clip, tmp_path):
+    """``init_from``: every dedicated encoder is the image encoder and the shared decoder the image decoder, so the
+    decoded keyframe x_hat_0 is the image VAE's reconstruction of x_0 and each latent frame of z_m / z_r is the
+    image latent of the frame the temporal downsampler selects (frames 0, 4, 8, ... of X_m / X_r). A 5-channel image
+    VAE fills deco-compact's 5-channel motion and residual latents and the keyframe's first 5 of 6 (the 6th is zero
+    in the encoder and ignored by the decoder)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    blocks = (8, 16, 16, 16)
+    image = AutoencoderKL(block_out_channels=blocks, down_block_types=("DownEncoderBlock2D",) * 4,
+                          up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=5,
+                          norm_num_groups=2, use_quant_conv=False, use_post_quant_conv=False).eval()
+    with torch.no_grad():
+        for p in image.parameters():  # move norms and biases off their default 1 / 0
+            p.add_(torch.randn_like(p) * 0.05)
+    image.save_pretrained(tmp_path)
+    vae = build_vae("deco-compact-tiny", init_from=tmp_path).eval()
+    x = clip[:, :, :9]
+    with torch.no_grad():
+        parts = vae.decouple(x)
+        post = vae.encode(x, chunk_size=0)
+        z_k, z_m, z_r = vae.split_latent(post.mean)
+        hats = vae.decode_components(post.mode())
+        x_hat_0 = vae._keyframe_means(hats["keyframe"])[0]
+
+        def img_latent(frames):  # (b 3 h w) -> image latent mean
+            return image.encode(frames).latent_dist.mode()
+
+        torch.testing.assert_close(x_hat_0, image.decode(img_latent(x[:, :, 0])).sample, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(z_k[:, :5, 0], img_latent(x[:, :, 0]), atol=1e-4, rtol=1e-4)
+        assert z_k[:, 5].abs().max() == 0 and vae.decoder.conv_in.weight[:, 5].abs().max() == 0
+        for latent, comp in ((z_m, "motion"), (z_r, "residual")):
+            for i, t in enumerate((0, 4, 8)):  # keyframe selection (eq. 3): the last frame of each group (1 | 4 | 4)
+                torch.testing.assert_close(latent[:, :, i], img_latent(parts[comp][:, :, t]), atol=1e-4, rtol=1e-4)
+    shipped = tiny("deco-compact-tiny").motion.state_dict()  # M keeps its pre-trained weights
+    assert all(torch.equal(v, shipped[k]) for k, v in vae.motion.state_dict().items())
+    with pytest.raises(Exception, match="decoupling=dedicated"):
+        build_vae("deco-concat-tiny", init_from=tmp_path)

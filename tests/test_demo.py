@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipelines.demo import FULL, QUICK, stages_done
+from pipelines.demo import FULL, LR, QUICK, WIDTHS, stages_done
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "pipelines.demo", "--quick", "--vaes", "deco", "vcvae", "--out", str(out)]
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+    first = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
     report = json.loads((out / "report" / "vae_report.json").read_text())
     assert isinstance(report, list)  # pipelines.report writes one object per VAE
     row = next(r for r in report if r["vae"] == "deco-compact-tiny")
@@ -30,10 +30,14 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path):
 
     vae_cfg = yaml.safe_load((out / "vae-deco" / "config.yaml").read_text())
     assert vae_cfg["data"]["time_range"] == [0.0, 0.75] and vae_cfg["model"]["name"] == "deco-compact-tiny"
-    # VC-VAE starts from the image VAE the demo trained on the same training frames, at a fine-tuning lr
-    vc_cfg = yaml.safe_load((out / "vae-vcvae" / "config.yaml").read_text())
-    assert Path(vc_cfg["model"]["init_from"]) == out / "image-vae" and vc_cfg["optim"]["lr"] == 2e-4
-    assert json.loads((out / "image-vae" / "study.json").read_text())["random_crop_min"] == 0.5
+    # both start from the one image VAE the demo trained on the same training frames, at a fine-tuning lr
+    for key in ("deco", "vcvae"):
+        cfg = yaml.safe_load((out / f"vae-{key}" / "config.yaml").read_text())
+        assert Path(cfg["model"]["init_from"]) == out / "image-vae" and cfg["optim"]["lr"] == LR
+        assert cfg["model"]["config"]["block_out_channels"] == WIDTHS
+    spec = json.loads((out / "image-vae" / "study.json").read_text())["spec"]
+    assert spec["random_crop_min"] == 0.5 and spec["block_out_channels"] == WIDTHS and spec["latent_channels"] == 5
+    assert first.stdout.count("$ -m pipelines.study.image_vae") == 1  # trained once, for both
     latte_cfg = yaml.safe_load((out / "latte-vcvae" / "config.yaml").read_text())
     assert latte_cfg["model"]["config"]["hidden_size"] == 256
     assert latte_cfg["train"]["batch_size"] == QUICK.latte_batch_size

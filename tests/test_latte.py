@@ -285,7 +285,10 @@ def test_latte_forward_equals_vchitect_reference_output(latte_reference, kind):
     x = rearrange(ref["x"], "b f c h w -> b c f h w")  # Latte's layout -> the toolkit's
     with torch.no_grad():
         out = model(x, ref["t"], y=ref["y"] if kind == "cond" else None)
-    torch.testing.assert_close(rearrange(out, "b c f h w -> b f c h w"), ref[f"{kind}_forward"], rtol=0, atol=1e-5)
+    # 1e-4 on outputs of magnitude up to 7: the stored float32 reference is itself 4-6e-5 from the float64 result
+    # of the same model (measured on an Intel Xeon, where this model in float32 is 6e-6 from it), so a tighter
+    # bound only holds on a CPU that rounds as the reference's did; a wrong term moves outputs by O(0.1-1)
+    torch.testing.assert_close(rearrange(out, "b c f h w -> b f c h w"), ref[f"{kind}_forward"], rtol=0, atol=1e-4)
 
 
 def test_latte_guidance_equals_vchitect_forward_with_cfg(latte_reference):
@@ -301,5 +304,5 @@ def test_latte_guidance_equals_vchitect_forward_with_cfg(latte_reference):
     with torch.no_grad():
         out = rearrange(guided(x, ref["t"], ref["y"]), "b c f h w -> b f c h w")
     expected = ref["cond_forward_with_cfg"]
-    torch.testing.assert_close(out, expected[:2], rtol=0, atol=1e-5)
+    torch.testing.assert_close(out, expected[:2], rtol=0, atol=1e-4)  # float32 rounding, as in the forward test
     torch.testing.assert_close(expected[2:, :, :4], expected[:2, :, :4])  # the reference repeats the guided eps

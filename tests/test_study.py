@@ -205,6 +205,18 @@ def test_image_vae_command_trains_a_folder_vcvae_inflates_from(tmp_path):
                            check=True, capture_output=True, text=True)
     assert "random crops of [0.5, 1] x the side of 96 px frames, mirrored" in crops.stdout
     assert build_vae("vcvae-tiny", init_from=tmp_path / "aug").config.scaling_factor > 0
+    # another spec in the same folder (the demo's: 5 latent channels, doubled widths) trains it again, and DeCo-VAE
+    # at those widths inflates from it
+    wide = ["--latent-channels", "5", "--block-out-channels", "16,32,32,32"]
+    subprocess.run([*cmd, *wide], cwd=ROOT, check=True, capture_output=True, text=True)
+    assert (out / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns != stamp
+    spec = json.loads((out / "study.json").read_text())["spec"]
+    assert spec["latent_channels"] == 5 and spec["block_out_channels"] == [16, 32, 32, 32]
+    deco = build_vae("deco-compact-tiny", init_from=out, block_out_channels=[16, 32, 32, 32])
+    assert deco.enc_m.conv_out.weight.shape[0] == 10
+    bad = subprocess.run([*cmd, "--block-out-channels", "16,31,32,32"], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "--block-out-channels" in bad.stderr
 
 
 def test_random_crops_are_crops_of_the_frames():

@@ -8,6 +8,7 @@ is measured on the training frames, as Flux's was. The folder is written atomica
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -51,14 +52,13 @@ def random_crops(frames: torch.Tensor, n: int, size: int, min_side: float, gen: 
 
 
 def finished_image_vae(out: Path, spec: ImageVAESpec) -> dict | None:
-    """The record of an image VAE finished earlier in ``out`` with the same steps and augmentation, else None
-    (a folder made with other settings, e.g. by a ``--quick`` run, is trained again)."""
+    """The record of an image VAE finished earlier in ``out`` with the same spec (steps, augmentation, widths,
+    latent width), else None (a folder made with other settings, e.g. by a ``--quick`` run, is trained again)."""
     try:
         info = json.loads((out / "study.json").read_text())
     except (OSError, ValueError):
         return None
-    same = info.get("steps") == spec.steps and info.get("random_crop_min", 1.0) == spec.random_crop_min
-    return info if same else None
+    return info if info.get("spec") == dataclasses.asdict(spec) else None
 
 
 def train_image_vae(spec: ImageVAESpec, clips: torch.Tensor, out: Path, seed: int, log=print,
@@ -105,7 +105,7 @@ def train_image_vae(spec: ImageVAESpec, clips: torch.Tensor, out: Path, seed: in
     shift, std = z.mean().item(), z.std().item()
     vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / std)
     info = {"steps": spec.steps, "frames": len(frames), "wall_s": time.perf_counter() - start,
-            "random_crop_min": spec.random_crop_min,
+            "random_crop_min": spec.random_crop_min, "spec": dataclasses.asdict(spec),
             "scaling_factor": 1.0 / std, "shift_factor": shift,
             "parameters": sum(p.numel() for p in vae.parameters())}
     tmp = out.with_name(f".{out.name}.partial")
@@ -131,12 +131,37 @@ def image_vae_psnr(folder: Path, clips: torch.Tensor) -> float:
     return psnr_frames(clips, recon).mean().item()
 
 
+def _widths(text: str) -> list[int]:
+    try:
+        return [int(c) for c in text.split(",")]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got '{text}'") from None
+
+
+def cli_spec(base: ImageVAESpec, **options) -> ImageVAESpec:
+    """``base`` (the study config's spec) with the command's options that are set; ConfigError names a bad one.
+    The demo builds its spec here too, so that it recognises the folder this command finished."""
+    from tokenizer.config import ConfigError
+
+    spec = dataclasses.replace(base, **{k: v for k, v in options.items() if v is not None})
+    flag = lambda name: f"--{name.replace('_', '-')} {getattr(spec, name)}"  # noqa: E731
+    if spec.steps < 1:
+        raise ConfigError(f"invalid value '{flag('steps')}': at least 1")
+    if spec.latent_channels < 1:
+        raise ConfigError(f"invalid value '{flag('latent_channels')}': at least 1")
+    if min(spec.block_out_channels) < 1 or any(c % spec.norm_num_groups for c in spec.block_out_channels):
+        raise ConfigError(f"invalid value '{flag('block_out_channels')}': positive multiples of "
+                          f"norm_num_groups={spec.norm_num_groups}")
+    if not 0 < spec.random_crop_min <= 1:
+        raise ConfigError(f"invalid value '{flag('random_crop_min')}': in (0, 1]")
+    return spec
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipelines.study.image_vae --out DIR [--steps N] [data.key=value ...]``: the study's image VAE alone
     (its spec from the study config, its frames from the recipe's training clips), e.g. the demo's VC-VAE
     initialiser. A finished folder is reused."""
     import argparse
-    import dataclasses
     import sys
 
     from tokenizer.config import ConfigError, load_config
@@ -151,19 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--random-crop-min", type=float, help="augment: random crops of [this, 1] x the frame side, "
                    "mirrored (default: the study config's image_vae.random_crop_min)")
+    p.add_argument("--latent-channels", type=int, help="latent width (default: the study config's "
+                   "image_vae.latent_channels; e.g. 5 for deco-compact, whose narrower latents are inflated from it)")
+    p.add_argument("--block-out-channels", type=_widths, metavar="C,C,C,C",
+                   help="widths of the levels, comma-separated (default: the study config's, vcvae-tiny's 8,16,16,16)")
     p.add_argument("overrides", nargs="*", help="overrides of the recipe's training config, e.g. data.resolution=32")
     args = p.parse_args(argv)
     try:
         study = load_config(StudyConfig, args.config, [], validate=validate)
-        spec = study.image_vae
-        if args.steps is not None:
-            spec = dataclasses.replace(spec, steps=args.steps)
-        if args.random_crop_min is not None:
-            spec = dataclasses.replace(spec, random_crop_min=args.random_crop_min)
-        if spec.steps < 1:
-            raise ConfigError(f"invalid value '--steps {spec.steps}': at least 1")
-        if not 0 < spec.random_crop_min <= 1:
-            raise ConfigError(f"invalid value '--random-crop-min {spec.random_crop_min}': in (0, 1]")
+        spec = cli_spec(study.image_vae, steps=args.steps, random_crop_min=args.random_crop_min,
+                        latent_channels=args.latent_channels, block_out_channels=args.block_out_channels)
         recipe = runs.train_config(study, [*args.overrides, "train.run_dir=unused"], False)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)

@@ -45,6 +45,7 @@ from torch import nn
 from ..base import VideoVAE
 from ..config import ConfigError
 from ..distributions import DiagonalGaussian
+from ..inflate import inflate_image_vae, load_image_vae
 from ..modules import FrameCache
 from ..motion import MOTION_KINDS, MotionConfig, MotionModule, default_weights_path
 from ..registry import register_vae
@@ -173,6 +174,28 @@ class DeCoVAE(VideoVAE):
                     "decoder": self.decoder}
         groups = {"encoder": self.encoder, "decoder": self.decoder}
         return {"motion": self.motion, **groups} if self.config.decoupling == "concat" else groups
+
+    def init_from_image_vae(self, path: str) -> "DeCoVAE":
+        """Start every encoder and the shared decoder from the image VAE at ``path`` (beyond the paper, which is
+        silent on how they are initialised; the toolkit's demo does it so that DeCo-VAE and VC-VAE start alike).
+
+        Each dedicated encoder (``concat``: the one encoder, whose 9-channel input does not fit an RGB image VAE, is
+        refused) gets the image encoder, the shared decoder the image decoder, inflated exactly as for VC-VAE
+        (:func:`tokenizer.inflate.inflate_image_vae`: 2D kernels on the causal tap, keyframe-selection / broadcast
+        temporal samplers). An image latent narrower than a component's takes that component's first channels, the
+        rest start at zero (e.g. a 5-channel image VAE for ``deco-compact``: keyframe 6, motion 5, residual 5). At
+        initialisation the keyframe stream therefore reconstructs x_0 as the image VAE does; the motion and residual
+        streams start from image features and adapt. The motion module keeps its own pre-trained weights.
+        """
+        if self.config.decoupling != "dedicated":
+            raise ConfigError(f"{self.name}: init_from needs decoupling=dedicated (an RGB encoder per component); "
+                              f"decoupling='{self.config.decoupling}' has none")
+        image = load_image_vae(path)
+        for encoder in (self.enc_k, self.enc_m, self.enc_r):
+            pair = nn.Module()  # the names an image VAE's state dict uses: encoder.*, decoder.*
+            pair.encoder, pair.decoder = encoder, self.decoder
+            inflate_image_vae(pair, image)
+        return self
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         for m in self.modules():
