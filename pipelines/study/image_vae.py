@@ -2,8 +2,8 @@
 
 A diffusers ``AutoencoderKL`` in the Flux layout (no quant convs, mid-block attention) at small widths, trained on
 single frames of the training clips (L1 + KL, Adam with a linear warm-up and a cosine decay), saved with
-``save_pretrained`` -- the diffusers folder layout -- so that VC-VAE inflates it through the same
-``model.init_from=`` path that reads the Flux VAE. Its latent normalisation (``scaling_factor``, ``shift_factor``)
+``save_pretrained`` -- the diffusers folder layout -- so that VC-VAE (and, in the demo, DeCo-VAE) inflates it
+through the same ``model.init_from=`` path that reads the Flux VAE. Its latent normalisation (``scaling_factor``, ``shift_factor``)
 is measured on the training frames, as Flux's was. The folder is written atomically: a killed study trains it again.
 """
 from __future__ import annotations
@@ -131,7 +131,7 @@ def image_vae_psnr(folder: Path, clips: torch.Tensor) -> float:
     return psnr_frames(clips, recon).mean().item()
 
 
-def _widths(text: str) -> list[int]:
+def widths(text: str) -> list[int]:
     try:
         return [int(c) for c in text.split(",")]
     except ValueError:
@@ -159,8 +159,8 @@ def cli_spec(base: ImageVAESpec, **options) -> ImageVAESpec:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipelines.study.image_vae --out DIR [--steps N] [data.key=value ...]``: the study's image VAE alone
-    (its spec from the study config, its frames from the recipe's training clips), e.g. the demo's VC-VAE
-    initialiser. A finished folder is reused."""
+    (its spec from the study config, its frames from the recipe's training clips), e.g. the demo's initialiser of
+    both VAEs. A finished folder is reused."""
     import argparse
     import sys
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                    "mirrored (default: the study config's image_vae.random_crop_min)")
     p.add_argument("--latent-channels", type=int, help="latent width (default: the study config's "
                    "image_vae.latent_channels; e.g. 5 for deco-compact, whose narrower latents are inflated from it)")
-    p.add_argument("--block-out-channels", type=_widths, metavar="C,C,C,C",
+    p.add_argument("--block-out-channels", type=widths, metavar="C,C,C,C",
                    help="widths of the levels, comma-separated (default: the study config's, vcvae-tiny's 8,16,16,16)")
     p.add_argument("overrides", nargs="*", help="overrides of the recipe's training config, e.g. data.resolution=32")
     args = p.parse_args(argv)
