@@ -399,6 +399,7 @@ def test_init_from_image_vae_starts_each_stream_as_the_image_vae(clip, tmp_path)
         for latent, comp in ((z_m, "motion"), (z_r, "residual")):
             for i, t in enumerate((0, 4, 8)):  # keyframe selection (eq. 3): the last frame of each group (1 | 4 | 4)
                 torch.testing.assert_close(latent[:, :, i], img_latent(parts[comp][:, :, t]), atol=1e-4, rtol=1e-4)
+    assert (vae.config.scaling_factor, vae.config.shift_factor) == (1.0, 0.0)  # its own, not the image VAE's
     shipped = tiny("deco-compact-tiny").motion.state_dict()  # M keeps its pre-trained weights
     assert all(torch.equal(v, shipped[k]) for k, v in vae.motion.state_dict().items())
     with pytest.raises(Exception, match="decoupling=dedicated"):

@@ -45,7 +45,8 @@ def get_preset(name: str) -> tuple[type, Callable]:
 def build_vae(name: str, init_from: str | Path | None = None, **overrides):
     """Build a VAE preset by registry name; ``overrides`` replace config fields; ``init_from`` an image VAE path.
 
-    ``init_from`` is honoured by families that support inflation from an image VAE (VC-VAE); others refuse it.
+    ``init_from`` is honoured by families that support inflation from an image VAE (VC-VAE, DeCo-VAE); others refuse
+    it.
     """
     import dataclasses
 

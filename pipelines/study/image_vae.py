@@ -144,7 +144,10 @@ def cli_spec(base: ImageVAESpec, **options) -> ImageVAESpec:
     from tokenizer.config import ConfigError
 
     spec = dataclasses.replace(base, **{k: v for k, v in options.items() if v is not None})
-    flag = lambda name: f"--{name.replace('_', '-')} {getattr(spec, name)}"  # noqa: E731
+
+    def flag(name: str) -> str:  # the command-line spelling of a spec field and its value
+        return f"--{name.replace('_', '-')} {getattr(spec, name)}"
+
     if spec.steps < 1:
         raise ConfigError(f"invalid value '{flag('steps')}': at least 1")
     if spec.latent_channels < 1:

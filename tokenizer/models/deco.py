@@ -185,7 +185,9 @@ class DeCoVAE(VideoVAE):
         temporal samplers). An image latent narrower than a component's takes that component's first channels, the
         rest start at zero (e.g. a 5-channel image VAE for ``deco-compact``: keyframe 6, motion 5, residual 5). At
         initialisation the keyframe stream therefore reconstructs x_0 as the image VAE does; the motion and residual
-        streams start from image features and adapt. The motion module keeps its own pre-trained weights.
+        streams start from image features and adapt. The motion module keeps its own pre-trained weights, and the
+        latent normalisation stays DeCo's own (scale 1, shift 0; unlike VC-VAE it does not adopt the image VAE's): the
+        motion and residual latents are not image latents, and diffusion normalises with per-channel statistics.
         """
         if self.config.decoupling != "dedicated":
             raise ConfigError(f"{self.name}: init_from needs decoupling=dedicated (an RGB encoder per component); "

@@ -45,7 +45,7 @@ SCHEDULES = ("constant", "cosine")  # of the lr after the linear warm-up
 class ModelSection:
     name: str = MISSING  # registry name: plain, vcvae, vcvae-8x, deco, ... and the *-tiny presets
     config: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's config fields
-    init_from: Optional[str] = None  # image VAE to inflate at the start of a fresh run (VC-VAE: Flux VAE)
+    init_from: Optional[str] = None  # image VAE to inflate at the start of a fresh run (VC-VAE, DeCo-VAE)
     init_from_run: Optional[str] = None  # start a fresh run from these weights (a run folder or a weights file)
     init_weights: InitWeights = InitWeights.model  # init_from_run of a run folder: its raw 'model' weights or 'ema'
     last_layer: Optional[str] = None  # parameter for the adaptive GAN weight; default: the decoder's conv_out weight
