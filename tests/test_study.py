@@ -135,6 +135,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert bad.returncode == 2 and "unknown variant" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     bad = _study(tmp_path / "x", "stepz=3")
     assert bad.returncode == 2 and "stepz" in bad.stderr
+    for key, value in (("latent_channels", "0"), ("block_out_channels", "[8,15,16,16]"), ("random_crop_min", "0")):
+        bad = _study(tmp_path / "x", f"image_vae.{key}={value}")  # the image VAE's spec, named as it was written
+        assert bad.returncode == 2 and f"image_vae.{key}=" in bad.stderr, bad.stderr
     assert not (tmp_path / "x").exists()
 
 

@@ -141,22 +141,10 @@ def widths(text: str) -> list[int]:
 def cli_spec(base: ImageVAESpec, **options) -> ImageVAESpec:
     """``base`` (the study config's spec) with the command's options that are set; ConfigError names a bad one.
     The demo builds its spec here too, so that it recognises the folder this command finished."""
-    from tokenizer.config import ConfigError
+    from .spec import check_image_vae
 
     spec = dataclasses.replace(base, **{k: v for k, v in options.items() if v is not None})
-
-    def flag(name: str) -> str:  # the command-line spelling of a spec field and its value
-        return f"--{name.replace('_', '-')} {getattr(spec, name)}"
-
-    if spec.steps < 1:
-        raise ConfigError(f"invalid value '{flag('steps')}': at least 1")
-    if spec.latent_channels < 1:
-        raise ConfigError(f"invalid value '{flag('latent_channels')}': at least 1")
-    if min(spec.block_out_channels) < 1 or any(c % spec.norm_num_groups for c in spec.block_out_channels):
-        raise ConfigError(f"invalid value '{flag('block_out_channels')}': positive multiples of "
-                          f"norm_num_groups={spec.norm_num_groups}")
-    if not 0 < spec.random_crop_min <= 1:
-        raise ConfigError(f"invalid value '{flag('random_crop_min')}': in (0, 1]")
+    check_image_vae(spec, lambda name, value: f"--{name.replace('_', '-')} {value}")
     return spec
 
 

@@ -90,13 +90,24 @@ class StudyConfig:
     tables: list[Table] = field(default_factory=list)
 
 
+def check_image_vae(iv: ImageVAESpec, spell=lambda name, value: f"image_vae.{name}={value}") -> None:
+    """ConfigError naming the first bad field of ``iv``; ``spell(name, value)`` writes it as the user wrote it (a
+    config key by default; the image-VAE command passes its option spelling)."""
+    def bad(name: str, rule: str) -> ConfigError:
+        return ConfigError(f"invalid value '{spell(name, getattr(iv, name))}': {rule}")
+
+    for name in ("steps", "batch_size", "latent_channels"):
+        if getattr(iv, name) < 1:
+            raise bad(name, "at least 1")
+    if not iv.block_out_channels or any(c < 1 or c % iv.norm_num_groups for c in iv.block_out_channels):
+        raise bad("block_out_channels", f"positive multiples of norm_num_groups={iv.norm_num_groups}")
+    if not 0 < iv.random_crop_min <= 1:
+        raise bad("random_crop_min", "in (0, 1]")
+
+
 def validate(cfg: StudyConfig) -> None:
     check_at_least(cfg, ("steps", "eval_every", "motion_steps"))
-    iv = cfg.image_vae
-    if iv.steps < 1 or iv.batch_size < 1:
-        raise ConfigError(f"invalid value 'image_vae.steps={iv.steps}, image_vae.batch_size={iv.batch_size}': >= 1")
-    if not 0 < iv.random_crop_min <= 1:
-        raise ConfigError(f"invalid value 'image_vae.random_crop_min={iv.random_crop_min}': in (0, 1]")
+    check_image_vae(cfg.image_vae)
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"invalid value 'seeds={cfg.seeds}': distinct seeds, at least one")
     if not 0 < cfg.phase2_at < 1:
